@@ -1,0 +1,1 @@
+"""Reproducibility benchmark suite for knowledge distillation (runners, suites, aggregation)."""
