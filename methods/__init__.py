@@ -1,0 +1,36 @@
+"""Registry of knowledge-distillation methods.
+
+Each module in this package holds one method: its pure loss function(s) and a small
+:class:`~methods.base.Distiller` registered in :data:`METHODS` under its config name.
+Modules are discovered automatically, so a new method is one new file.
+
+>>> import methods
+>>> sorted(methods.METHODS.module_dict)
+['ce', 'ckd', 'crd', 'crd_kd', 'dkd', 'fitnet', 'kd']
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Mapping
+
+from .base import DistillContext, Distiller, StepInputs
+from .registry import METHODS, UnknownMethodError
+
+_INFRASTRUCTURE = {"base", "registry"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def build_method(cfg: Mapping[str, Any] | str, context: DistillContext | None = None) -> Distiller:
+    """Build a method from a config dict (``{'type': 'kd', 'temperature': 4}``) or a bare name."""
+    cfg = {"type": cfg} if isinstance(cfg, str) else dict(cfg)
+    return METHODS.build(cfg, default_args={"context": context})
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS.module_dict)
+
+
+__all__ = ["METHODS", "UnknownMethodError", "DistillContext", "Distiller", "StepInputs", "build_method", "method_names"]
