@@ -1,0 +1,29 @@
+"""Data layer: raw uint8 datasets (CIFAR-100, sklearn digits), CRD negative sampling,
+and the batch preprocessor that augments and normalises on the model's device.
+
+Importing this package registers ``CIFAR100Distill`` and ``DigitsDistill`` in
+mmengine's ``DATASETS`` and ``DistillDataPreprocessor`` in ``MODELS``.
+"""
+from __future__ import annotations
+
+from .errors import DatasetCorruptError, DatasetNotFoundError
+from .base import DistillDataset
+from .contrast import ContrastSampler
+from .cifar100 import CIFAR100_MEAN, CIFAR100_STD, CIFAR100Distill
+from .digits import DIGITS_MEAN, DIGITS_STD, DigitsDistill
+from .preprocessor import DistillDataPreprocessor, random_crop_flip
+
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR100Distill",
+    "ContrastSampler",
+    "DIGITS_MEAN",
+    "DIGITS_STD",
+    "DatasetCorruptError",
+    "DatasetNotFoundError",
+    "DigitsDistill",
+    "DistillDataPreprocessor",
+    "DistillDataset",
+    "random_crop_flip",
+]
