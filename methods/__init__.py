@@ -26,7 +26,10 @@ for _module in pkgutil.iter_modules(__path__):
 def build_method(cfg: Mapping[str, Any] | str, context: DistillContext | None = None) -> Distiller:
     """Build a method from a config dict (``{'type': 'kd', 'temperature': 4}``) or a bare name."""
     cfg = {"type": cfg} if isinstance(cfg, str) else dict(cfg)
-    return METHODS.build(cfg, default_args={"context": context})
+    # Looked up and instantiated directly rather than through ``METHODS.build``: inside an
+    # MMEngine Runner the default scope is 'mmengine', which this registry is not part of.
+    method_cls = METHODS.get(cfg.pop("type"))
+    return method_cls(**cfg, context=context)
 
 
 def method_names() -> list[str]:

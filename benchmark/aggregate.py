@@ -1,0 +1,231 @@
+"""Aggregate run records into paper-style tables, plots and a report index.
+
+Usage::
+
+    python benchmark/aggregate.py --work-dir work_dirs [--work-dir W2 ...] \\
+        [--tables tables] [--reports reports] [--bench-json reports/bench/loss_complexity.json]
+
+or, from the runner at the end of a sweep::
+
+    from benchmark.aggregate import aggregate
+    summary = aggregate(["work_dirs"], "tables", "reports")
+
+Every ``record.json`` under the work dirs is read (recursively). Corrupt, partial or
+unknown-schema files, failed and still-running runs (and duplicates of a run) are
+skipped with one warning line each and counted. For each suite it writes
+``<suite>_last.{md,tex,csv}`` (last-epoch top-1, the default) and
+``<suite>_best.{md,tex,csv}`` to the tables dir, the plots to the reports dir and
+``reports/index.md`` (+ ``index.html``). Same records in, byte-identical files out.
+
+Exit codes of the CLI: 0 ok, 1 no usable record, 2 a work dir does not exist.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+if TYPE_CHECKING:  # the heavy imports (pandas, scipy, matplotlib) happen in aggregate()
+    from benchmark.report.index import Block
+    from benchmark.report.load import LoadResult
+
+log = logging.getLogger("benchmark.aggregate")
+
+BENCH_JSON = Path("bench") / "loss_complexity.json"  # relative to the reports dir
+
+
+@dataclass
+class AggregateSummary:
+    found: int = 0  # record.json files found
+    loaded: int = 0  # completed, unique runs used
+    skipped_corrupt: int = 0  # partial / corrupt / unknown schema
+    failed: int = 0
+    running: int = 0
+    duplicates: int = 0
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (path, kind, reason)
+    suites: list[str] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    index: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. plots skipped and why
+
+    def counts_line(self) -> str:
+        line = (f"{self.loaded} loaded, {self.skipped_corrupt} skipped (corrupt), "
+                f"{self.failed} failed runs, {self.running} running")
+        if self.duplicates:
+            line += f", {self.duplicates} duplicates ignored"
+        return line
+
+    def __str__(self) -> str:
+        return (f"{self.counts_line()}; {len(self.suites)} suites, {len(self.tables)} table files, "
+                f"{len(self.plots)} plot files")
+
+    @property
+    def ok(self) -> bool:
+        return self.loaded > 0
+
+
+def _rel(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path, start)).as_posix()
+
+
+def aggregate(work_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
+              tables_dir: str | os.PathLike = "tables",
+              reports_dir: str | os.PathLike = "reports",
+              bench_json: str | os.PathLike | None = None) -> AggregateSummary:
+    """Aggregate every run record under ``work_dirs`` into tables, plots and the index.
+
+    ``bench_json`` defaults to ``<reports_dir>/bench/loss_complexity.json``; the
+    complexity plot is skipped with a note when it is absent. Raises
+    :class:`FileNotFoundError` when a work dir does not exist. With no usable
+    record, only the index (with the counts) is written and ``summary.ok`` is False.
+    """
+    if isinstance(work_dirs, (str, os.PathLike)):
+        work_dirs = [work_dirs]
+    work_dirs = [Path(w) for w in work_dirs]
+    for work_dir in work_dirs:
+        if not work_dir.is_dir():
+            raise FileNotFoundError(f"work dir not found: {work_dir}")
+    from benchmark.report import index as index_mod
+    from benchmark.report import plots, tables
+    from benchmark.report.load import load_records
+    from benchmark.report.published import load_published
+
+    tables_dir, reports_dir = Path(tables_dir), Path(reports_dir)
+    bench_path = Path(bench_json) if bench_json is not None else reports_dir / BENCH_JSON
+
+    loaded = load_records(work_dirs)
+    summary = AggregateSummary(
+        found=loaded.found, loaded=len(loaded.records), skipped_corrupt=loaded.count("corrupt"),
+        failed=loaded.count("failed"), running=loaded.count("running"), duplicates=loaded.count("duplicate"),
+        skipped=[(s.path, s.kind, s.reason) for s in loaded.skipped])
+    frame = loaded.records
+    published = load_published()
+    sections: list[tuple[str, list, list[tuple[str, list[Path]]], list[str]]] = []
+
+    for suite in sorted(set(frame["suite"])):
+        runs = frame[frame["suite"] == suite]
+        main, ablation = runs[~runs["ablation"].astype(bool)], runs[runs["ablation"].astype(bool)]
+        suite_tables = tables.build_suite_tables(main, suite, published, tables.suite_pair_order(suite))
+        suite_plots: list[tuple[str, list[Path]]] = []
+        notes: list[str] = []
+        for table in suite_tables:
+            summary.tables += tables.write_table(table, tables_dir)
+        if not suite_tables:
+            notes.append("no table: no student runs outside the batch-size ablation")
+        if suite_tables:
+            last = suite_tables[0]
+            suite_plots.append(("Training curves", plots.plot_curves(last, main, reports_dir)))
+            runtime = plots.plot_runtime(last, main, reports_dir)
+            if runtime:
+                suite_plots.append(("Time per iteration", runtime))
+            else:
+                notes.append("runtime plot skipped: no run recorded its runtime")
+        batch = plots.plot_batch_size(suite, ablation, main, reports_dir)
+        if batch:
+            suite_plots.append(("Accuracy vs batch size", batch))
+        for _, paths in suite_plots:
+            summary.plots += paths
+        summary.suites.append(suite)
+        sections.append((suite, suite_tables, suite_plots, notes))
+
+    complexity: list[Path] = []
+    if bench_path.is_file():
+        try:
+            complexity = plots.plot_complexity(bench_path, reports_dir)
+        except ValueError as exc:
+            summary.notes.append(f"complexity plot skipped: {bench_path.as_posix()}: {exc}")
+    else:
+        summary.notes.append(f"complexity plot skipped: no benchmark JSON at {bench_path.as_posix()}")
+    summary.plots += complexity
+    for note in summary.notes:
+        log.info(note)
+
+    blocks = _index_blocks(summary, loaded, sections, complexity, tables_dir, reports_dir)
+    summary.index = index_mod.write_index(blocks, reports_dir, "Knowledge-distillation benchmark results")
+    return summary
+
+
+def _links(paths: Sequence[Path], start: Path) -> str:
+    return " · ".join(f"[{p.suffix[1:]}]({_rel(p, start)})" for p in paths)
+
+
+def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, complexity: list[Path],
+                  tables_dir: Path, reports_dir: Path) -> list[Block]:
+    blocks: list[Block] = [("h1", "Knowledge-distillation benchmark results")]
+    blocks.append(("p", f"**Runs**: {loaded.found} record files found: {summary.counts_line()}."))
+    if not summary.ok:
+        blocks.append(("p", "No usable run record: no table or plot was written."))
+    for suite, suite_tables, suite_plots, notes in sections:
+        blocks.append(("h2", f"Suite `{suite}`"))
+        items = []
+        for table in suite_tables:
+            words = "last epoch (default)" if table.statistic == "last" else "best epoch"
+            paths = [tables_dir / f"{table.stem}.{ext}" for ext in ("md", "tex", "csv")]
+            items.append(f"Table, top-1 at the {words}: {_links(paths, reports_dir)}")
+        for name, paths in suite_plots:
+            items.append(f"{name}: {_links(paths, reports_dir)}")
+        items += [f"Note: {note}" for note in notes]
+        blocks.append(("ul", items))
+        for name, paths in suite_plots:
+            blocks.append(("img", f"{suite}: {name}", _rel(paths[0], reports_dir)))
+    blocks.append(("h2", "Loss complexity"))
+    if complexity:
+        blocks.append(("ul", [f"Loss cost vs batch size: {_links(complexity, reports_dir)}"]))
+        blocks.append(("img", "loss cost vs batch size", _rel(complexity[0], reports_dir)))
+    else:
+        blocks.append(("p", "; ".join(n for n in summary.notes if n.startswith("complexity")) or "none"))
+    blocks.append(("h2", "Environment of the runs"))
+    if loaded.env:
+        rows = [[key, ", ".join(f"{value} ({count})" for value, count in sorted(values.items()))]
+                for key, values in sorted(loaded.env.items())]
+        blocks.append(("p", "Distinct values over the loaded runs (number of runs in parentheses)."))
+        blocks.append(("table", ["key", "values"], rows))
+    else:
+        blocks.append(("p", "No environment recorded."))
+    if summary.skipped:
+        blocks.append(("h2", "Skipped records"))
+        blocks.append(("table", ["record", "kind", "reason"], [list(s) for s in summary.skipped]))
+    return blocks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", dest="work_dirs", action="append", metavar="DIR",
+                        help="directory searched recursively for record.json (repeatable; default: work_dirs)")
+    parser.add_argument("--tables", default="tables", help="output dir of the tables (default: tables)")
+    parser.add_argument("--reports", default="reports", help="output dir of the plots and index (default: reports)")
+    parser.add_argument("--bench-json", default=None,
+                        help=f"loss-complexity benchmark JSON (default: <reports>/{BENCH_JSON.as_posix()})")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no per-record warnings")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
+                            format="%(levelname)s: %(message)s", stream=sys.stderr)
+    work_dirs = args.work_dirs or ["work_dirs"]
+    missing = [w for w in work_dirs if not Path(w).is_dir()]
+    if missing:
+        print(f"error: work dir not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    summary = aggregate(work_dirs, args.tables, args.reports, args.bench_json)
+    if not summary.ok:
+        print(f"error: no usable run record under {', '.join(work_dirs)} "
+              f"({summary.found} record files: {summary.counts_line()})", file=sys.stderr)
+        return 1
+    print(f"{summary}; index: {summary.index[0].as_posix()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Published top-1 numbers to compare with (``benchmark/published_numbers.csv``).
+
+Columns: suite, teacher, student, method, top1, statistic, source. The ``student``
+rows (the student trained alone) are our ``ce`` rows; ``teacher`` rows are the
+teacher trained alone. CKD has no published numbers and none are invented.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.records import STUDENT_ROW, TEACHER_ROW
+
+PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "published_numbers.csv"
+_METHOD_MAP = {"student": STUDENT_ROW, "teacher": TEACHER_ROW}
+
+
+@dataclass(frozen=True)
+class Published:
+    top1: float
+    statistic: str  # as printed in the CSV, e.g. "last epoch, single run"
+    source: str
+
+    @property
+    def kind(self) -> str | None:
+        """'last' or 'best' (which of our tables it is comparable with), else None."""
+        text = self.statistic.strip().lower()
+        for kind in ("last", "best"):
+            if text.startswith(kind):
+                return kind
+        return None
+
+
+PublishedTable = dict[tuple[str, str, str, str], Published]  # (suite, teacher, student, method)
+
+
+def load_published(path: str | os.PathLike | None = None) -> PublishedTable:
+    """Read the published numbers; a missing file gives an empty table."""
+    path = Path(path) if path is not None else PUBLISHED_CSV
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table: PublishedTable = {}
+    for row in frame.itertuples(index=False):
+        try:
+            top1 = float(row.top1)
+        except ValueError:
+            continue  # an empty or non-numeric cell is no published number
+        method = _METHOD_MAP.get(row.method.strip(), row.method.strip())
+        key = (row.suite.strip(), row.teacher.strip(), row.student.strip(), method)
+        table[key] = Published(top1, row.statistic.strip(), row.source.strip())
+    return table

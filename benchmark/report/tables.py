@@ -1,0 +1,509 @@
+"""Paper-style tables per suite: Markdown, LaTeX and a tidy CSV.
+
+Layout as in the CRD/DKD papers: one column per teacher→student pair, the
+Teacher and Student (trained alone) header rows, then one row per distillation
+method with ``mean ± std (n)`` over seeds. Per pair the best method is bold and
+the methods that a Welch t-test over seeds cannot separate from it carry a
+dagger. A Δ block compares with the published number of the same suite, pair
+and method for the same statistic (last epoch / best epoch).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_ind
+
+from benchmark.records import STUDENT_ROW, TEACHER_ROW
+
+from .published import Published, PublishedTable
+
+Pair = tuple[str, str]  # (teacher, student)
+
+METHOD_ORDER = (TEACHER_ROW, STUDENT_ROW, "kd", "fitnet", "crd", "crd_kd", "dkd", "ckd")
+DISPLAY = {TEACHER_ROW: "Teacher", STUDENT_ROW: "Student", "kd": "KD", "fitnet": "FitNet", "crd": "CRD",
+           "crd_kd": "CRD+KD", "dkd": "DKD", "ckd": "CKD"}
+STATISTICS = {"last": ("last_top1", "last epoch"), "best": ("best_top1", "best epoch")}
+ALPHA = 0.05
+DEFAULT_RECIPE = "unified"
+CSV_COLUMNS = ("suite", "statistic", "recipe", "epochs", "teacher", "student", "method", "mean", "std", "n",
+               "published", "delta", "best", "indistinguishable_from_best", "values_from")
+
+DAGGER, DDAGGER, PM, ARROW, DASH = "†", "‡", "±", "→", "–"
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a suite name (the name itself is kept in titles and CSV)."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", text).lstrip(".")
+    return name or "_"
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def display_name(method: str) -> str:
+    return DISPLAY.get(method, method)
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided Welch t-test p-value; None when either side has fewer than 2 seeds.
+
+    Zero variance on both sides gives no t statistic: equal means are then
+    inseparable (p = 1), different means are separated (p = 0).
+    """
+    if len(a) < 2 or len(b) < 2:
+        return None
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = float(ttest_ind(np.asarray(a, float), np.asarray(b, float), equal_var=False).pvalue)
+    if not math.isfinite(p):
+        p = 1.0 if float(np.mean(a)) == float(np.mean(b)) else 0.0
+    return p
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class Cell:
+    values: tuple[float, ...]
+    n: int
+    mean: float
+    std: float  # nan when n < 2
+    recipe_hashes: tuple[str, ...] = ()
+    from_teacher_top1: bool = False  # teacher accuracy taken from the runs' teacher_top1
+    best: bool = False
+    indistinguishable: bool = False
+    p_value: float | None = None
+    published: Published | None = None
+    source_ref: int | None = None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.published is None else self.mean - self.published.top1
+
+    @classmethod
+    def of(cls, values: Sequence[float], **kwargs: Any) -> "Cell":
+        arr = np.asarray(values, dtype=np.float64)
+        n = int(arr.size)
+        std = float(np.std(arr, ddof=1)) if n >= 2 else math.nan
+        return cls(tuple(float(v) for v in arr), n, float(np.mean(arr)), std, **kwargs)
+
+
+@dataclass
+class Row:
+    method: str
+    recipe: str | None  # None: the teacher row built only from teacher_top1
+    epochs: int | None
+    label: str
+    cells: dict[Pair, Cell] = field(default_factory=dict)
+
+    @property
+    def is_header(self) -> bool:
+        return self.method in (TEACHER_ROW, STUDENT_ROW)
+
+
+@dataclass
+class SuiteTable:
+    suite: str
+    statistic: str  # "last" | "best"
+    pairs: list[Pair]
+    rows: list[Row]
+    recipes: list[str]  # distinct recipes, main first
+    epochs: list[int]  # distinct epochs, main first
+    notes: list[str]
+    sources: list[tuple[str, str]]  # (statistic, source) of the published numbers: [1], [2], ...
+    n_runs: int
+
+    @property
+    def has_delta(self) -> bool:
+        return bool(self.sources)
+
+    @property
+    def stem(self) -> str:
+        return f"{safe_name(self.suite)}_{self.statistic}"
+
+
+# --------------------------------------------------------------------------- pair order
+
+
+def _normalise_pairs(pairs: Any) -> list[Any]:
+    out: list[Any] = []
+    for item in pairs or ():
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            out.append((str(item[0]), str(item[1])))
+        elif hasattr(item, "teacher") and hasattr(item, "student"):
+            out.append((str(item.teacher), str(item.student)))
+        elif hasattr(item, "name"):
+            out.append(str(item.name))
+    return out
+
+
+def suite_pair_order(suite: str) -> list[Any] | None:
+    """The pair order declared by ``benchmark.suites.get_suite(suite).pairs``, if available."""
+    try:
+        from benchmark.suites import get_suite  # optional: the suites may not be defined yet
+    except ImportError:
+        return None
+    try:
+        return _normalise_pairs(get_suite(suite).pairs)
+    except Exception:  # noqa: BLE001 - an unknown suite (e.g. a test fixture) just falls back to sorting
+        return None
+
+
+def order_pairs(pairs: set[Pair], declared: list[Any] | None) -> list[Pair]:
+    def position(pair: Pair) -> tuple[int, str, str]:
+        if declared:
+            for i, item in enumerate(declared):
+                if item == pair or item == f"{pair[0]}-{pair[1]}":
+                    return (i, "", "")
+        return (len(declared or ()), pair[0], pair[1])
+
+    return sorted(pairs, key=position)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _mode(values: Sequence[Any], prefer: Callable[[Any], Any]) -> Any:
+    counts = Counter(values)
+    return sorted(counts, key=lambda v: (-counts[v], prefer(v)))[0]
+
+
+def _teacher_top1_cell(pair_records: pd.DataFrame) -> Cell | None:
+    """Teacher accuracy from the runs' ``teacher_top1``: one value per distinct checkpoint."""
+    rec = pair_records[np.isfinite(pair_records["teacher_top1"].to_numpy(dtype=float))]
+    if rec.empty:
+        return None
+    values: dict[str, float] = {}
+    for ckpt, top1 in zip(rec["teacher_ckpt"], rec["teacher_top1"]):
+        key = ckpt if ckpt else f"value:{top1!r}"
+        values.setdefault(key, float(top1))
+    return Cell.of([values[k] for k in sorted(values)], from_teacher_top1=True)
+
+
+def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTable,
+                       declared_pairs: list[Any] | None = None) -> list[SuiteTable]:
+    """The 'last' and 'best' tables of one suite (``records``: its non-ablation runs)."""
+    records = records.sort_values(["path"], kind="stable")
+    students = records[records["method"] != TEACHER_ROW]
+    teachers = records[records["method"] == TEACHER_ROW]
+    pairs = order_pairs(set(zip(students["teacher"], students["student"])), declared_pairs)
+    if not pairs:
+        return []
+
+    # Teacher runs of each pair: those recorded for exactly this pair, else any run of that teacher.
+    teacher_pool: dict[Pair, pd.DataFrame] = {}
+    for pair in pairs:
+        exact = teachers[(teachers["teacher"] == pair[0]) & (teachers["student"] == pair[1])]
+        if exact.empty:
+            exact = teachers[teachers["teacher"] == pair[0]].drop_duplicates(
+                ["recipe", "recipe_hash", "seed", "epochs", "batch_size"])
+        teacher_pool[pair] = exact
+    used = pd.concat([students, *teacher_pool.values()]).drop_duplicates(["path"])
+    # Runs of one table cell: (teacher, student, method, recipe, epochs) -> runs sorted by seed.
+    groups: dict[tuple, pd.DataFrame] = {}
+    for pair in pairs:
+        pool = pd.concat([students[(students["teacher"] == pair[0]) & (students["student"] == pair[1])],
+                          teacher_pool[pair]])
+        for key, sel in pool.groupby(["method", "recipe", "epochs"], sort=True):
+            groups[(pair, key[0], key[1], int(key[2]))] = sel.sort_values(["seed", "path"], kind="stable")
+
+    main_recipe = _mode(list(used["recipe"]), lambda r: (r != DEFAULT_RECIPE, r))
+    main_epochs = _mode([int(e) for e in used["epochs"]], lambda e: -e)
+
+    # Rows: one per (method, recipe, epochs) configuration found.
+    configs: dict[str, set[tuple[str, int]]] = {}
+    for method, recipe, epochs in zip(used["method"], used["recipe"], used["epochs"]):
+        configs.setdefault(method, set()).add((recipe, int(epochs)))
+    rows: list[Row] = []
+    for method in sorted(configs, key=method_sort_key):
+        ordered = sorted(configs[method], key=lambda c: ((c[0], c[1]) != (main_recipe, main_epochs),
+                                                         c[0] != main_recipe, c[1] != main_epochs, c[0], c[1]))
+        for recipe, epochs in ordered:
+            suffix = []
+            if len(ordered) > 1:
+                if recipe != main_recipe:
+                    suffix.append(recipe)
+                if epochs != main_epochs:
+                    suffix.append(f"{epochs} ep")
+            label = display_name(method) + (f" ({', '.join(suffix)})" if suffix else "")
+            rows.append(Row(method, recipe, epochs, label))
+    teacher_rows = [r for r in rows if r.method == TEACHER_ROW]
+    fallback_pairs = [p for p in pairs if teacher_pool[p].empty]
+    if fallback_pairs and not teacher_rows:
+        rows.insert(0, Row(TEACHER_ROW, None, None, display_name(TEACHER_ROW)))
+
+    # Mixed recipes / epochs / recipe hashes.
+    mix_notes: list[str] = []
+    for what, attr, main in (("recipes", "recipe", main_recipe), ("epochs", "epochs", main_epochs)):
+        by_value: dict[Any, list[str]] = {}
+        for row in rows:
+            if row.recipe is not None:
+                by_value.setdefault(getattr(row, attr), []).append(row.label)
+        if len(by_value) > 1:
+            parts = [f"{key} ({', '.join(by_value[key])})" for key in sorted(by_value) if key != main]
+            parts.append(f"{main} (others)")
+            mix_notes.append(f"This table mixes {what}: {'; '.join(parts)}.")
+    recipes = [main_recipe] + sorted({r.recipe for r in rows if r.recipe and r.recipe != main_recipe})
+    epochs_list = [main_epochs] + sorted({r.epochs for r in rows if r.epochs is not None and r.epochs != main_epochs})
+
+    first_teacher = next((r for r in rows if r.method == TEACHER_ROW), None)
+    tables = []
+    for statistic, (column, _) in STATISTICS.items():
+        table_rows = []
+        for proto in rows:
+            row = Row(proto.method, proto.recipe, proto.epochs, proto.label)
+            for pair in pairs:
+                sel = groups.get((pair, row.method, row.recipe, row.epochs))
+                if sel is not None:
+                    row.cells[pair] = Cell.of(sel[column].to_numpy(dtype=float),
+                                              recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))))
+                elif proto is first_teacher and pair in fallback_pairs:
+                    pair_runs = students[(students["teacher"] == pair[0]) & (students["student"] == pair[1])]
+                    cell = _teacher_top1_cell(pair_runs)
+                    if cell is not None:
+                        row.cells[pair] = cell
+            table_rows.append(row)
+        tables.append(_finish(suite, statistic, pairs, table_rows, recipes, epochs_list, mix_notes,
+                              published, n_runs=len(used)))
+    return tables
+
+
+def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], recipes: list[str],
+            epochs: list[int], mix_notes: list[str], published: PublishedTable, n_runs: int) -> SuiteTable:
+    # Best per pair and the Welch marking.
+    for pair in pairs:
+        candidates = [r.cells[pair] for r in rows if not r.is_header and pair in r.cells]
+        if not candidates:
+            continue
+        top = max(c.mean for c in candidates)
+        best = next(c for c in candidates if c.mean == top)
+        for cell in candidates:
+            if cell.mean == top:
+                cell.best = True
+                continue
+            cell.p_value = welch_p(cell.values, best.values)
+            cell.indistinguishable = cell.p_value is None or cell.p_value >= ALPHA
+
+    # Published numbers of the same statistic.
+    sources: list[tuple[str, str]] = []  # (statistic, source) of the published numbers used
+    other: dict[str, list[str]] = {}
+    for row in rows:
+        for pair in pairs:
+            pub = published.get((suite, pair[0], pair[1], row.method))
+            if pub is None:
+                continue
+            if pub.kind != statistic:
+                if row.label not in other.setdefault(pub.kind or pub.statistic, []):
+                    other[pub.kind or pub.statistic].append(row.label)
+                continue
+            cell = row.cells.get(pair)
+            if cell is None:
+                continue
+            cell.published = pub
+            ref = (pub.statistic, pub.source)
+            if ref not in sources:
+                sources.append(ref)
+            cell.source_ref = sources.index(ref) + 1
+
+    notes = ["Mean ± std over seeds, (n) = number of seeds; std with ddof=1, omitted when n = 1. "
+             "Columns: teacher→student."]
+    notes.append("Bold: the best distillation method of the pair (highest mean; "
+                 "the Teacher and Student rows are not candidates).")
+    notes.append(f"{DAGGER}: the difference to the pair's best method cannot be separated by a Welch t-test "
+                 f"over seeds (p ≥ {ALPHA:g}, or fewer than 2 seeds on either side).")
+    if any(c.from_teacher_top1 for r in rows for c in r.cells.values()):
+        notes.append(f"{DDAGGER}: no teacher run records for this pair; the teacher accuracy recorded in its "
+                     "distillation runs (teacher_top1), n = distinct teacher checkpoints.")
+    if statistic == "best":
+        notes.append("Best epoch: the highest top-1 over each run's epochs, selected on the evaluation set "
+                     "and therefore optimistic; the last-epoch table is the default.")
+    notes.extend(mix_notes)
+    mixed_hashes = []
+    for row in rows:
+        hashes = sorted({h for c in row.cells.values() for h in c.recipe_hashes})
+        if len(hashes) > 1:
+            mixed_hashes.append(f"{row.label} ({', '.join(hashes)})")
+    if mixed_hashes:
+        notes.append("Rows whose seeds come from different resolved recipes (recipe_hash): "
+                     + "; ".join(mixed_hashes) + ".")
+    stat_words = STATISTICS[statistic][1]
+    if sources:
+        notes.append(f"Δ = our mean − the published top-1 of the same suite, pair and method at the {stat_words} "
+                     f"(published value and source in parentheses); {DASH} = no published number "
+                     "(CKD has none).")
+        for i, (stat, source) in enumerate(sources, 1):
+            notes.append(f"[{i}] {stat}: {source}.")
+    else:
+        notes.append(f"Δ: no published numbers at the {stat_words} for these pairs in suite '{suite}'.")
+    for kind in sorted(other):
+        words = STATISTICS[kind][1] if kind in STATISTICS else kind
+        ref = f" (compared in {safe_name(suite)}_{kind})" if kind in STATISTICS else ""
+        notes.append(f"Published numbers at the {words} exist for {', '.join(other[kind])}{ref}; "
+                     "they are not comparable with this table's statistic.")
+    return SuiteTable(suite, statistic, pairs, rows, recipes, epochs, notes, sources, n_runs)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _number(cell: Cell, pm: str) -> str:
+    text = f"{cell.mean:.2f} {pm} {cell.std:.2f} ({cell.n})" if cell.n >= 2 else f"{cell.mean:.2f} ({cell.n})"
+    return text
+
+
+def _delta_text(cell: Cell | None, minus: str = "-") -> str | None:
+    if cell is None or cell.delta is None:
+        return None
+    delta = round(cell.delta, 2) + 0.0  # no "-0.00"
+    return f"{delta:+.2f}".replace("-", minus) + f" ({cell.published.top1:.2f} [{cell.source_ref}])"
+
+
+def caption(table: SuiteTable) -> str:
+    words = STATISTICS[table.statistic][1]
+    recipe = ("Recipe" if len(table.recipes) == 1 else "Recipes") + ": " + ", ".join(table.recipes)
+    epochs = ("Epochs" if len(table.epochs) == 1 else "Epochs") + ": " + ", ".join(str(e) for e in table.epochs)
+    default = " (default)" if table.statistic == "last" else ""
+    return (f"{table.suite}: top-1 accuracy (%) at the {words}{default}, mean ± std over seeds (n). "
+            f"{recipe}. {epochs}.")
+
+
+def title(table: SuiteTable) -> str:
+    return f"{table.suite}: top-1 accuracy (%), {STATISTICS[table.statistic][1]}"
+
+
+def render_markdown(table: SuiteTable) -> str:
+    headers = ["Method"] + [f"{t}{ARROW}{s}" for t, s in table.pairs]
+    align = ("left",) + ("right",) * len(table.pairs)
+    body = []
+    for row in table.rows:
+        cells = [row.label]
+        for pair in table.pairs:
+            cell = row.cells.get(pair)
+            if cell is None:
+                cells.append(DASH)
+                continue
+            text = _number(cell, PM)
+            if cell.from_teacher_top1:
+                text += DDAGGER
+            if cell.best:
+                text = f"**{text}**"
+            elif cell.indistinguishable:
+                text += DAGGER
+            cells.append(text)
+        body.append(cells)
+    frame = pd.DataFrame(body, columns=headers)
+    parts = [f"# {title(table)}", "", caption(table), "",
+             frame.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+    if table.has_delta:
+        delta_rows = [["Δ " + row.label] + [_delta_text(row.cells.get(p)) or DASH for p in table.pairs]
+                      for row in table.rows]
+        dframe = pd.DataFrame(delta_rows, columns=headers)
+        parts += ["Δ vs published (ours − published):", "",
+                  dframe.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+    parts += ["Notes:", ""] + [f"- {note}" for note in table.notes] + [""]
+    return "\n".join(parts)
+
+
+_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+        "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "Δ": r"$\Delta$", "≥": r"$\geq$",
+        "→": r"$\to$", "−": r"$-$", "–": "--", "…": r"\ldots{}", "<": r"$<$", ">": r"$>$"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def render_latex(table: SuiteTable) -> str:
+    ncols = len(table.pairs) + 1
+    lines = [
+        "% Generated by benchmark/aggregate.py; do not edit. Needs \\usepackage{booktabs}.",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{tex_escape(caption(table))}}}",
+        rf"\label{{tab:{safe_name(table.suite)}-{table.statistic}}}",
+        r"\begin{tabular}{l" + "r" * len(table.pairs) + "}",
+        r"\toprule",
+        " & ".join(["Method"] + [f"{tex_escape(t)}$\\to${tex_escape(s)}" for t, s in table.pairs]) + r" \\",
+        r"\midrule",
+    ]
+    header_done = False
+    for row in table.rows:
+        if not row.is_header and not header_done:
+            if any(r.is_header for r in table.rows):
+                lines.append(r"\midrule")
+            header_done = True
+        cells = [tex_escape(row.label)]
+        for pair in table.pairs:
+            cell = row.cells.get(pair)
+            if cell is None:
+                cells.append("--")
+                continue
+            text = tex_escape(_number(cell, PM))
+            if cell.from_teacher_top1:
+                text += r"$^\ddagger$"
+            if cell.best:
+                text = rf"\textbf{{{text}}}"
+            elif cell.indistinguishable:
+                text += r"$^\dagger$"
+            cells.append(text)
+        lines.append(" & ".join(cells) + r" \\")
+    if table.has_delta:
+        lines += [r"\midrule", rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{$\Delta$ vs.\ published (ours $-$ published)}}}} \\"]
+        for row in table.rows:
+            cells = [tex_escape("Δ " + row.label)]
+            cells += [tex_escape(_delta_text(row.cells.get(p), minus="−") or DASH) for p in table.pairs]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
+    lines += [tex_escape(note) + r"\par" for note in table.notes]
+    lines += [r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def tidy_frame(table: SuiteTable) -> pd.DataFrame:
+    out = []
+    for row in table.rows:
+        for pair in table.pairs:
+            cell = row.cells.get(pair)
+            if cell is None:
+                continue
+            header = row.is_header
+            out.append({
+                "suite": table.suite, "statistic": table.statistic,
+                "recipe": row.recipe or "", "epochs": "" if row.epochs is None else str(row.epochs),
+                "teacher": pair[0], "student": pair[1], "method": row.method,
+                "mean": cell.mean, "std": cell.std, "n": cell.n,
+                "published": cell.published.top1 if cell.published else math.nan,
+                "delta": cell.delta if cell.delta is not None else math.nan,
+                "best": "" if header else str(cell.best),
+                "indistinguishable_from_best": "" if header else str(cell.indistinguishable),
+                "values_from": "teacher_top1" if cell.from_teacher_top1 else "runs",
+            })
+    return pd.DataFrame(out, columns=list(CSV_COLUMNS))
+
+
+def render_csv(table: SuiteTable) -> str:
+    return tidy_frame(table).to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+def write_table(table: SuiteTable, tables_dir: Path) -> list[Path]:
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
+        path = tables_dir / f"{table.stem}.{ext}"
+        path.write_text(render(table), encoding="utf-8", newline="\n")
+        written.append(path)
+    return written

@@ -1,0 +1,442 @@
+"""Tests of the aggregator (benchmark/aggregate.py, benchmark/report/).
+
+The fixture records in tests/fixtures/records/ are written by
+:func:`build_fixture_records` (and checked against it). The golden tables in
+tests/golden/aggregate/ are compared byte for byte; to rewrite both after an
+intended change::
+
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_aggregate.py -q
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.aggregate import AggregateSummary, aggregate, main
+from benchmark.records import write_record
+from benchmark.report import synthetic
+from benchmark.report.published import load_published
+from benchmark.report.synthetic import make_record
+from benchmark.report.load import load_records
+from benchmark.report.tables import build_suite_tables, suite_pair_order, welch_p
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "records"
+GOLDEN = ROOT / "tests" / "golden" / "aggregate"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+P1 = ("resnet56", "resnet20")  # has teacher runs, the batch-size ablation and runtime
+P2 = ("wrn_40_2", "wrn_16_2")  # no teacher runs: the teacher column comes from teacher_top1
+CIFAR = ("resnet32x4", "resnet8x4")  # has published numbers (CRD / DKD papers)
+
+# Last-epoch top-1 per seed. P1: DKD best, CRD inseparable (p = 0.35), KD separated (p = 0.02).
+# P2: CKD best, DKD inseparable (p = 0.10), CRD separated (p = 0.014).
+FIXTURE_VALUES = {
+    P1: {"teacher": [72.10, 72.40, 72.25], "ce": [69.00, 69.30, 68.85], "kd": [70.50, 70.80, 70.20],
+         "crd": [71.00, 71.60, 70.70], "dkd": [71.40, 71.55, 71.30], "ckd": [70.00, 70.10, 69.95]},
+    P2: {"ce": [73.00, 73.20, 73.10], "kd": [74.50, 74.70, 74.60], "crd": [75.10, 75.30, 75.20],
+         "dkd": [75.00, 75.40, 74.90], "ckd": [75.50, 75.60, 75.45]},
+}
+CIFAR_VALUES = {"teacher": [79.30, 79.50, 79.45], "ce": [72.40, 72.60, 72.55], "kd": [73.50, 73.70, 73.40],
+                "fitnet": [73.20], "dkd": [76.00, 76.20, 76.10], "ckd": [76.30, 76.10, 76.40]}
+RUNTIME = {"data_wait_ms": 1.5, "teacher_forward_ms": 3.0, "student_forward_backward_ms": 9.0,
+           "distill_loss_ms": 0.5, "peak_memory_mb": 812.0}
+
+
+def _runtime(method: str, seed: int) -> dict[str, float]:
+    rt = dict(RUNTIME)
+    if method == "ce":
+        rt["teacher_forward_ms"] = rt["distill_loss_ms"] = 0.0
+    if method in ("crd", "ckd"):
+        rt["distill_loss_ms"] = 2.0 if method == "crd" else 1.0
+    rt["data_wait_ms"] += 0.1 * seed
+    return rt
+
+
+def build_fixture_records(root: Path) -> None:
+    """Write the fixture records (the committed tests/fixtures/records/ is this function's output)."""
+    for pair, methods in FIXTURE_VALUES.items():
+        for method, values in methods.items():
+            for seed, last in enumerate(values):
+                paper = method == "ckd"  # the mixed-recipe subset: CKD with its paper recipe (10 epochs)
+                # Teacher runs are recorded as the runner does: pair "<teacher>-<teacher>".
+                names = (pair[0], pair[0]) if method == "teacher" else pair
+                synthetic.write(root, make_record(
+                    "fixture", *names, method, seed, last, recipe="paper" if paper else "unified",
+                    epochs=10 if paper else 8, teacher_top1=None if method == "teacher" else (
+                        72.25 if pair == P1 else 75.61),
+                    runtime=_runtime(method, seed) if pair == P1 and method != "teacher" else None,
+                    env={**synthetic.ENV, "git_commit": "c0ffee000002"} if paper else None))
+    # Batch-size ablation (linear lr rule, base 64 / 0.05 from the main runs above).
+    for method, offset in (("kd", 0.0), ("dkd", 0.9)):
+        for size, drop in ((32, -0.2), (128, 0.3), (256, 0.9)):
+            for seed in range(2):
+                extra = {"batch_size_ablation": True, "base_batch_size": 64, "base_lr": 0.05, "lr_rule": "linear"}
+                synthetic.write(root, make_record(
+                    "fixture", *P1, method, seed, round(70.5 + offset - drop + 0.1 * seed, 2), batch_size=size,
+                    lr=0.05 * size / 64, teacher_top1=72.25, extra=extra))
+    # A suite with published numbers: Δ against the CRD / DKD papers.
+    for method, values in CIFAR_VALUES.items():
+        for seed, last in enumerate(values):
+            names = (CIFAR[0], CIFAR[0]) if method == "teacher" else CIFAR
+            synthetic.write(root, make_record("cifar100", *names, method, seed, last, epochs=8,
+                                              teacher_top1=None if method == "teacher" else 79.42))
+    # What must be skipped and counted.
+    bad = root / "fixture" / "unified" / "resnet56-resnet20"
+    corrupt = bad / "kd" / "seed3" / "record.json"
+    corrupt.parent.mkdir(parents=True, exist_ok=True)
+    corrupt.write_text('{"suite": "fixture", "pair": "resnet56-resnet20", "curve": [{"epoch": 1, "to')
+    future = make_record("fixture", *P1, "dkd", 3, 71.0).to_dict()
+    future["schema_version"] = 2
+    path = bad / "dkd" / "seed3" / "record.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(future, indent=1, sort_keys=True) + "\n")
+    synthetic.write(root, make_record("fixture", *P2, "crd", 3, 0.0, status="failed", teacher_top1=75.61,
+                                      failure="RuntimeError: loss is NaN at epoch 3"))
+    synthetic.write(root, make_record("fixture", *P2, "kd", 3, 0.0, status="running", teacher_top1=75.61))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fixture_records_are_up_to_date(tmp_path):
+    build_fixture_records(tmp_path / "records")
+    fresh = _files(tmp_path / "records")
+    if UPDATE:
+        shutil.rmtree(FIXTURES, ignore_errors=True)
+        shutil.copytree(tmp_path / "records", FIXTURES)
+    assert _files(FIXTURES) == fresh, "fixtures differ from build_fixture_records(); run with UPDATE_GOLDEN=1"
+
+
+@pytest.fixture(scope="module")
+def agg(tmp_path_factory):
+    """The fixtures aggregated once (with a loss-complexity benchmark JSON)."""
+    out = tmp_path_factory.mktemp("agg")
+    bench = out / "reports" / "bench" / "loss_complexity.json"
+    bench.parent.mkdir(parents=True)
+    results = [{"method": m, "batch_size": b, "n_data": n, "forward_backward_ms": ms * b / 64,
+                "peak_memory_mb": mb * b / 64}
+               for m, n, ms, mb in (("kd", None, 0.2, 1.0), ("crd", 50000, 1.5, 30.0), ("ckd", None, 0.4, 2.0))
+               for b in (64, 128, 256)]
+    bench.write_text(json.dumps({"env": {"device": "cpu", "torch": "2.13.0"}, "results": results}))
+    summary = aggregate([FIXTURES], out / "tables", out / "reports")
+    return summary, out
+
+
+def _csv(out: Path, stem: str) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / f"{stem}.csv", keep_default_na=False)
+
+
+def _row(frame: pd.DataFrame, pair, method: str) -> pd.Series:
+    sel = frame[(frame["teacher"] == pair[0]) & (frame["student"] == pair[1]) & (frame["method"] == method)]
+    assert len(sel) == 1, sel
+    return sel.iloc[0]
+
+
+# --------------------------------------------------------------------------- golden files
+
+
+GOLDEN_NAMES = [f"{suite}_{stat}.{ext}" for suite in ("fixture", "cifar100") for stat in ("last", "best")
+                for ext in ("md", "csv", "tex")]
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_tables(agg, name):
+    _, out = agg
+    produced = (out / "tables" / name).read_bytes()
+    golden = GOLDEN / name
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_bytes(produced)
+    assert golden.is_file(), f"missing golden {golden}; run with UPDATE_GOLDEN=1"
+    assert produced == golden.read_bytes(), f"{name} differs from its golden file; UPDATE_GOLDEN=1 to accept"
+
+
+def test_written_files(agg):
+    summary, out = agg
+    assert summary.suites == ["cifar100", "fixture"]
+    names = sorted(p.name for p in summary.tables)
+    assert names == sorted(f"{s}_{t}.{e}" for s in ("cifar100", "fixture") for t in ("last", "best")
+                           for e in ("md", "tex", "csv"))
+
+
+# --------------------------------------------------------------------------- skip and count
+
+
+def test_bad_records_are_skipped_and_counted(agg):
+    summary, _ = agg
+    assert (summary.skipped_corrupt, summary.failed, summary.running, summary.duplicates) == (2, 1, 1, 0)
+    n_good = sum(len(v) for m in FIXTURE_VALUES.values() for v in m.values()) + 12 + sum(
+        len(v) for v in CIFAR_VALUES.values())
+    assert summary.loaded == n_good
+    assert summary.found == n_good + 4
+    reasons = {Path(p).parent.parent.name + "/" + kind: reason for p, kind, reason in summary.skipped}
+    assert "not valid JSON" in reasons["kd/corrupt"]
+    assert "unknown schema_version 2" in reasons["dkd/corrupt"]
+    assert "loss is NaN" in reasons["crd/failed"]
+    assert summary.counts_line().startswith(f"{n_good} loaded, 2 skipped (corrupt), 1 failed runs, 1 running")
+
+
+def test_one_warning_line_per_skipped_record(caplog):
+    with caplog.at_level(logging.WARNING, logger="benchmark.aggregate"):
+        loaded = load_records([FIXTURES])
+    warnings_ = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings_) == len(loaded.skipped) == 4
+    for record in warnings_:
+        assert record.exc_info is None and "\n" not in record.getMessage()
+        assert "record.json" in record.getMessage()
+
+
+def test_duplicates_and_garbage_never_crash(tmp_path):
+    work = tmp_path / "w"
+    rec = make_record("s", "t", "st", "kd", 0, 70.0)
+    synthetic.write(work, rec)
+    synthetic.write(work / "copy", rec)  # the same run twice: counted once
+    odd = {**make_record("s", "t", "st", "dkd", 0, 71.0).to_dict(), "seed": "zero"}
+    (work / "odd").mkdir()
+    (work / "odd" / "record.json").write_text(json.dumps(odd))
+    for i, text in enumerate(["", "[]", "null", '{"schema_version": 1}', "\xff\xfe", "[" * 100000]):
+        (work / f"g{i}").mkdir()
+        (work / f"g{i}" / "record.json").write_text(text, encoding="latin-1")
+    summary = aggregate([work, work], tmp_path / "t", tmp_path / "r")  # the same dir twice: read once
+    assert (summary.loaded, summary.duplicates, summary.skipped_corrupt) == (1, 1, 7)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_welch_p():
+    assert welch_p([1.0], [1.0, 2.0]) is None
+    assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0  # no variance, same mean: inseparable
+    assert welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0  # no variance, different means: separated
+    assert 0.3 < welch_p([71.0, 71.6, 70.7], [71.4, 71.55, 71.3]) < 0.4
+
+
+def test_welch_marking_in_fixture_tables(agg):
+    _, out = agg
+    frame = _csv(out, "fixture_last")
+    expected = {P1: {"dkd": (True, False), "crd": (False, True), "kd": (False, False), "ckd": (False, False)},
+                P2: {"ckd": (True, False), "dkd": (False, True), "crd": (False, False), "kd": (False, False)}}
+    for pair, methods in expected.items():
+        for method, (best, dagger) in methods.items():
+            row = _row(frame, pair, method)
+            assert (row["best"], row["indistinguishable_from_best"]) == (str(best), str(dagger)), (pair, method)
+    md = (out / "tables" / "fixture_last.md").read_text()
+    assert "71.10 ± 0.46 (3)†" in md  # CRD, P1
+    assert "70.50 ± 0.30 (3) " in md and "70.50 ± 0.30 (3)†" not in md  # KD, P1
+
+
+def test_welch_marking_constructed(tmp_path):
+    values = {"dkd": [80.0, 80.2, 79.9], "crd": [79.8, 80.4, 79.6], "kd": [75.0, 75.1, 74.9], "fitnet": [79.0]}
+    for method, seeds in values.items():
+        for seed, last in enumerate(seeds):
+            synthetic.write(tmp_path / "w", make_record("s", "t", "st", method, seed, last, teacher_top1=82.0))
+    aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
+    frame = pd.read_csv(tmp_path / "t" / "s_last.csv", keep_default_na=False)
+    flags = {m: (_row(frame, ("t", "st"), m)["best"], _row(frame, ("t", "st"), m)["indistinguishable_from_best"])
+             for m in values}
+    assert flags == {"dkd": ("True", "False"), "crd": ("False", "True"),  # close, noisy: must be marked
+                     "kd": ("False", "False"),  # 5 points below: must not be marked
+                     "fitnet": ("False", "True")}  # one seed: cannot be tested, marked
+    md = (tmp_path / "t" / "s_last.md").read_text()
+    assert "**80.03 ± 0.15 (3)**" in md and "79.93 ± 0.42 (3)†" in md and "79.00 (1)†" in md
+    assert "‡" in md  # no teacher run: from teacher_top1
+    assert "82.00 (1)‡" in md
+
+
+def test_best_in_bold(agg):
+    _, out = agg
+    md = (out / "tables" / "fixture_last.md").read_text()
+    assert "**71.42 ± 0.13 (3)**" in md  # DKD, P1
+    assert "**75.52 ± 0.08 (3)**" in md  # CKD, P2
+    assert md.count("**") == 4  # one bold cell per pair
+    tex = (out / "tables" / "fixture_last.tex").read_text()
+    assert r"\textbf{71.42 $\pm$ 0.13 (3)}" in tex and r"71.10 $\pm$ 0.46 (3)$^\dagger$" in tex
+
+
+def test_delta_against_published(agg):
+    _, out = agg
+    last, best = _csv(out, "cifar100_last"), _csv(out, "cifar100_best")
+    kd = _row(last, CIFAR, "kd")
+    assert float(kd["published"]) == pytest.approx(73.33)
+    assert float(kd["delta"]) == pytest.approx((73.50 + 73.70 + 73.40) / 3 - 73.33, abs=1e-4)
+    assert float(_row(last, CIFAR, "teacher")["delta"]) == pytest.approx(79.4167 - 79.42, abs=1e-3)
+    assert float(_row(last, CIFAR, "ce")["published"]) == pytest.approx(72.50)  # 'student' -> ce
+    # DKD is published at the best epoch: compared in the best table only.
+    assert _row(last, CIFAR, "dkd")["delta"] == ""
+    dkd_best = _row(best, CIFAR, "dkd")
+    assert float(dkd_best["delta"]) == pytest.approx(76.40 - 76.32, abs=1e-4)  # best = last + 0.3
+    assert _row(best, CIFAR, "kd")["published"] == ""
+    # CKD: no published number, never invented.
+    assert _row(last, CIFAR, "ckd")["published"] == "" and _row(best, CIFAR, "ckd")["delta"] == ""
+    md = (out / "tables" / "cifar100_last.md").read_text()
+    assert "+0.20 (73.33 [1])" in md
+    assert "CRD paper (Tian et al., ICLR 2020)" in md and "last epoch, single run" in md
+    assert "Published numbers at the best epoch exist for DKD (compared in cifar100_best)" in md
+    fixture_md = (out / "tables" / "fixture_last.md").read_text()
+    assert "Δ: no published numbers at the last epoch" in fixture_md and "Δ vs published" not in fixture_md
+
+
+def test_published_numbers():
+    table = load_published()
+    assert table[("cifar100", "resnet32x4", "resnet8x4", "ce")].top1 == pytest.approx(72.50)
+    assert table[("cifar100", "resnet32x4", "resnet8x4", "dkd")].kind == "best"
+    assert not [k for k in table if k[3] == "ckd"]
+    assert all(p.source for p in table.values())
+
+
+def test_mixed_recipe_footnote(agg):
+    _, out = agg
+    md = (out / "tables" / "fixture_last.md").read_text()
+    assert "This table mixes recipes: paper (CKD); unified (others)." in md
+    assert "This table mixes epochs: 10 (CKD); 8 (others)." in md
+    assert "Recipes: unified, paper. Epochs: 8, 10." in md
+    cifar = (out / "tables" / "cifar100_last.md").read_text()
+    assert "mixes" not in cifar and "Recipe: unified. Epochs: 8." in cifar
+
+
+def test_best_epoch_table_is_labelled(agg):
+    _, out = agg
+    md = (out / "tables" / "fixture_best.md").read_text()
+    assert md.startswith("# fixture: top-1 accuracy (%), best epoch")
+    assert "at the best epoch" in md and "optimistic" in md
+    assert r"\caption{fixture: top-1 accuracy (\%) at the best epoch" in (
+        out / "tables" / "fixture_best.tex").read_text()
+
+
+def test_teacher_from_teacher_top1_and_column_order(agg):
+    _, out = agg
+    frame = _csv(out, "fixture_last")
+    teacher = _row(frame, P2, "teacher")
+    assert (teacher["values_from"], float(teacher["mean"]), int(teacher["n"])) == ("teacher_top1", 75.61, 1)
+    assert _row(frame, P1, "teacher")["values_from"] == "runs"
+    md = (out / "tables" / "fixture_last.md").read_text()
+    assert md.index("resnet56→resnet20") < md.index("wrn_40_2→wrn_16_2")
+    rows = [line.split("|")[1].strip() for line in md.split("Notes:")[0].splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["Teacher", "Student", "KD", "CRD", "DKD", "CKD"]
+
+
+# --------------------------------------------------------------------------- determinism and plots
+
+
+def test_deterministic(agg, tmp_path):
+    summary, out = agg
+    again = aggregate([FIXTURES], tmp_path / "tables", tmp_path / "reports",
+                      bench_json=out / "reports" / "bench" / "loss_complexity.json")
+    for produced in summary.tables + summary.plots + summary.index:
+        other = tmp_path / produced.relative_to(out)
+        assert other.read_bytes() == produced.read_bytes(), produced.name
+    assert len(again.plots) == len(summary.plots)
+
+
+def test_plots_written(agg):
+    summary, out = agg
+    names = sorted(p.name for p in summary.plots)
+    stems = ["cifar100_curves", "complexity", "fixture_batch_size", "fixture_curves", "fixture_runtime"]
+    assert names == sorted(f"{s}.{e}" for s in stems for e in ("png", "svg"))
+    for path in summary.plots:
+        if path.suffix == ".png":
+            assert path.stat().st_size > 1024 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        else:
+            assert ET.parse(path).getroot().tag.endswith("svg")
+    index = (out / "reports" / "index.md").read_text()
+    assert "runtime plot skipped: no run recorded its runtime" in index  # cifar100 has no runtime
+
+
+def test_index(agg):
+    summary, out = agg
+    index = (out / "reports" / "index.md").read_text()
+    assert f"{summary.loaded} loaded, 2 skipped (corrupt), 1 failed runs, 1 running" in index
+    for path in summary.tables + summary.plots:
+        assert os.path.relpath(path, out / "reports").replace(os.sep, "/") in index
+    assert "c0ffee000002" in index and "0123456789ab" in index and "world_size" in index
+    assert "hostname" not in index
+    html = (out / "reports" / "index.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and '<a href="../tables/fixture_last.md">md</a>' in html
+    # The batch-size plot notes the lr rule.
+    svg = (out / "reports" / "fixture_batch_size.svg").read_text()
+    assert "lr scaled linearly with batch size" in svg
+
+
+def test_complexity_plot_skipped_without_json(tmp_path):
+    synthetic.write(tmp_path / "w", make_record("s", "t", "st", "kd", 0, 70.0))
+    summary = aggregate(tmp_path / "w", tmp_path / "t", tmp_path / "r")
+    assert not [p for p in summary.plots if p.stem == "complexity"]
+    assert any("no benchmark JSON" in n for n in summary.notes)
+    assert "no benchmark JSON" in (tmp_path / "r" / "index.md").read_text()
+    (tmp_path / "bad.json").write_text('{"results": [{"method": "kd"}]}')
+    summary = aggregate(tmp_path / "w", tmp_path / "t", tmp_path / "r", bench_json=tmp_path / "bad.json")
+    assert summary.notes == [f"complexity plot skipped: {(tmp_path / 'bad.json').as_posix()}: no usable results"]
+
+
+def test_declared_pair_order(monkeypatch, tmp_path):
+    import types
+    for t, s in (("a", "b"), ("z", "y")):
+        synthetic.write(tmp_path / "w", make_record("s", t, s, "kd", 0, 70.0))
+    suites = types.ModuleType("benchmark.suites")
+    suites.get_suite = lambda name: types.SimpleNamespace(pairs=[("z", "y"), ("a", "b")])
+    monkeypatch.setitem(sys.modules, "benchmark.suites", suites)
+    records = load_records([tmp_path / "w"]).records
+    table = build_suite_tables(records, "s", {}, suite_pair_order("s"))[0]
+    assert table.pairs == [("z", "y"), ("a", "b")]
+    suites.get_suite = lambda name: types.SimpleNamespace(pairs=["a-b", "z-y"])
+    assert build_suite_tables(records, "s", {}, suite_pair_order("s"))[0].pairs == [("a", "b"), ("z", "y")]
+    monkeypatch.setitem(sys.modules, "benchmark.suites", None)  # not importable: sorted
+    assert suite_pair_order("s") is None
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_missing_work_dir(tmp_path, capsys):
+    assert main(["--work-dir", str(tmp_path / "nope"), "--tables", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "work dir not found" in err and "Traceback" not in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_cli_empty_and_ok(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["--work-dir", str(tmp_path / "empty"), "--tables", str(tmp_path / "t"),
+                 "--reports", str(tmp_path / "r"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "no usable run record" in err and err.count("\n") == 1
+    synthetic.write(tmp_path / "w", make_record("s", "t", "st", "kd", 0, 70.0))
+    assert main(["--work-dir", str(tmp_path / "w"), "--work-dir", str(tmp_path / "empty"),
+                 "--tables", str(tmp_path / "t"), "--reports", str(tmp_path / "r")]) == 0
+    assert "1 loaded, 0 skipped (corrupt), 0 failed runs, 0 running" in capsys.readouterr().out
+    assert (tmp_path / "t" / "s_last.md").is_file() and (tmp_path / "r" / "index.html").is_file()
+
+
+def test_cli_script_exit_code(tmp_path):
+    """``python benchmark/aggregate.py`` works as a script (no PYTHONPATH) and fails in one line."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmark" / "aggregate.py"), "--work-dir",
+                           str(tmp_path / "missing")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: work dir not found: {tmp_path / 'missing'}"]
+
+
+def test_aggregate_api_raises_on_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        aggregate([tmp_path / "missing"], tmp_path / "t", tmp_path / "r")
+    assert AggregateSummary().counts_line() == "0 loaded, 0 skipped (corrupt), 0 failed runs, 0 running"
+
+
+def test_odd_suite_name_is_a_safe_file_name(tmp_path):
+    write_record(make_record("../odd suite", "t", "st", "kd", 0, 70.0), tmp_path / "w" / "run")
+    summary = aggregate(tmp_path / "w", tmp_path / "t", tmp_path / "r")
+    assert summary.suites == ["../odd suite"]
+    assert sorted(p.name for p in summary.tables)[0] == "_odd_suite_best.csv"
+    assert all(p.parent == tmp_path / "t" for p in summary.tables)
+    assert "# ../odd suite: top-1" in (tmp_path / "t" / "_odd_suite_last.md").read_text()
