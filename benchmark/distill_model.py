@@ -1,0 +1,150 @@
+"""The distillation model on MMEngine: student + frozen teacher + a registered method.
+
+``loss`` mode returns the method's already weighted terms (``loss_ce``, ``loss_kd``, …)
+so MMEngine logs each one and optimises their sum; ``predict`` mode returns the
+student's logits for the top-1/top-5 metric. Features the method asks for are taken
+by name with hooks (``benchmark.models.taps``), never by editing the networks.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS
+from torch import Tensor, nn
+
+import benchmark.data  # noqa: F401  (registers the datasets and DistillDataPreprocessor)
+from benchmark.checkpoints import load_community_checkpoint
+from benchmark.models import build_model, feature_taps
+from benchmark.models.taps import FeatureRecorder
+from methods import METHODS, DistillContext, StepInputs, build_method
+
+
+def _probe_shapes(model: nn.Module, recorder: FeatureRecorder | None, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    if recorder is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(2, *input_size))
+    model.train(was_training)
+    return {name: tuple(feature.shape) for name, feature in recorder.features.items()}
+
+
+@MODELS.register_module()
+class DistillationModel(BaseModel):
+    """Student, frozen teacher and distillation method in one MMEngine model.
+
+    Args:
+        student / teacher: model-zoo names (``benchmark.models``).
+        method: registry config of the method (``dict(type='kd', temperature=4)``).
+        num_classes: classifier width.
+        num_data: training-set size (CRD's memory bank).
+        teacher_checkpoint: a community-format checkpoint (``{'model': state_dict}``)
+            loaded with ``strict=True``. Required unless the method runs no teacher.
+        data_preprocessor: config of the batch preprocessor.
+        input_size: C, H, W of one image, used to probe feature shapes.
+    """
+
+    def __init__(
+        self,
+        student: str,
+        method: dict[str, Any],
+        num_classes: int,
+        num_data: int,
+        teacher: str | None = None,
+        teacher_checkpoint: str | None = None,
+        data_preprocessor: dict[str, Any] | None = None,
+        input_size: tuple[int, int, int] = (3, 32, 32),
+        init_cfg: dict | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        method_cls = METHODS.get(method["type"])
+        self.student = build_model(student, num_classes)
+        self.teacher: nn.Module | None = None
+        if method_cls.needs_teacher:
+            if teacher is None or teacher_checkpoint is None:
+                raise ValueError(f"method {method['type']!r} needs a teacher and its checkpoint")
+            self.teacher = build_model(teacher, num_classes)
+            # Loaded here, before MMEngine's weight init, and never touched by it (see init_weights).
+            load_community_checkpoint(self.teacher, teacher_checkpoint)
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+
+        taps = method_cls.feature_taps
+        self.student_recorder = FeatureRecorder(self.student, {t: feature_taps(student)[t] for t in taps}) if taps else None
+        self.teacher_recorder = (
+            FeatureRecorder(self.teacher, {t: feature_taps(teacher)[t] for t in taps}) if taps and self.teacher is not None else None
+        )
+        context = DistillContext(
+            num_classes=num_classes,
+            num_data=num_data,
+            student_shapes=_probe_shapes(self.student, self.student_recorder, input_size),
+            teacher_shapes=_probe_shapes(self.teacher, self.teacher_recorder, input_size) if self.teacher is not None else {},
+        )
+        self.method = build_method(method, context)
+        self.epoch = 1  # set by EpochTracker before each training epoch, counted from 1
+        self.measure_time = False  # set by the timing hook on measured iterations
+        self.last_timing: dict[str, float] = {}
+
+    def init_weights(self) -> None:
+        """Networks initialise themselves as their references do; the teacher is never re-initialised."""
+
+    def train(self, mode: bool = True) -> "DistillationModel":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # BN statistics of the teacher stay frozen
+        return self
+
+    def _clock(self) -> float:
+        if self.measure_time and torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def forward(
+        self,
+        inputs: Tensor,
+        target: Tensor | None = None,
+        index: Tensor | None = None,
+        contrast_index: Tensor | None = None,
+        mode: str = "tensor",
+    ) -> Any:
+        if mode == "tensor":
+            return self.student(inputs)
+        if mode == "predict":
+            return [{"logits": self.student(inputs), "target": target}]
+        if mode != "loss":
+            raise ValueError(f"unknown mode {mode!r}")
+
+        start = self._clock()
+        logits_teacher, features_teacher = None, {}
+        if self.teacher is not None:
+            with torch.no_grad():
+                logits_teacher = self.teacher(inputs)
+            features_teacher = dict(self.teacher_recorder.features) if self.teacher_recorder else {}
+        teacher_done = self._clock()
+        logits_student = self.student(inputs)
+        features_student = dict(self.student_recorder.features) if self.student_recorder else {}
+        student_done = self._clock()
+        losses = self.method(
+            StepInputs(
+                logits_student=logits_student,
+                target=target,
+                logits_teacher=logits_teacher,
+                epoch=self.epoch,
+                features_student=features_student,
+                features_teacher=features_teacher,
+                index=index,
+                contrast_index=contrast_index,
+            )
+        )
+        loss_done = self._clock()
+        if self.measure_time:
+            self.last_timing = {
+                "teacher_forward_ms": 1e3 * (teacher_done - start),
+                "student_forward_ms": 1e3 * (student_done - teacher_done),
+                "distill_loss_ms": 1e3 * (loss_done - student_done),
+            }
+        return losses

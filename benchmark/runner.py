@@ -1,0 +1,272 @@
+"""One run of the suite on MMEngine: config assembly, training, evaluation, run record.
+
+``RunSpec`` names a run; :func:`build_config` turns it into an MMEngine ``Config`` from the
+``_base_`` files in ``benchmark/configs`` (runtime, dataset, schedule) plus the run's own
+values, and dumps it into the run directory; :func:`execute` trains it with MMEngine's
+``Runner`` (resuming from the run's last checkpoint when asked), exports the student in
+the community checkpoint format and writes the final run record.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner, set_random_seed
+
+import benchmark.data  # noqa: F401  (registers datasets and the preprocessor)
+import benchmark.distill_model  # noqa: F401  (registers DistillationModel)
+import benchmark.engine  # noqa: F401  (registers the metric and hooks)
+from benchmark.checkpoints import allow_mmengine_checkpoint_globals, save_community_checkpoint
+from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb
+from benchmark.records import RunRecord, write_record
+from benchmark.suites import Pair, ResolvedRecipe, Suite
+from methods import METHODS
+
+CONFIG_DIR = Path(__file__).parent / "configs" / "_base_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STUDENT_EXPORT = "student.pth"
+
+
+@dataclass
+class RunSpec:
+    suite: Suite
+    pair: Pair
+    method: str  # registry name, or "teacher" for a teacher trained alone
+    recipe: ResolvedRecipe
+    seed: int
+    run_dir: Path
+    data_root: str | None = None
+    teacher_checkpoint: str | None = None
+    teacher_checkpoint_sha256: str | None = None
+    teacher_top1: float | None = None
+    device: str = "cpu"
+    num_workers: int | None = None
+    deterministic: bool = False
+    log_level: str = "ERROR"  # MMEngine's own logging; "INFO" with --verbose
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def student(self) -> str:
+        return self.pair.teacher if self.method == "teacher" else self.pair.student
+
+
+def _contrast_k(method_cfg: dict[str, Any]) -> int | None:
+    """Negatives per sample the data side must draw for this method (CRD), else None."""
+    method_cls = METHODS.get(method_cfg["type"])
+    if not method_cls.needs_index:
+        return None
+    probe = {k: v for k, v in method_cfg.items() if k != "type"}
+    return int(probe.get("nce_k", _default_arg(method_cls, "nce_k")))
+
+
+def _default_arg(cls: type, name: str) -> Any:
+    import inspect
+
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters
+        if name in params and params[name].default is not inspect.Parameter.empty:
+            return params[name].default
+    raise KeyError(f"{cls.__name__} has no default for {name!r}")
+
+
+def _schedule_config(spec: RunSpec) -> dict[str, Any]:
+    schedule = spec.recipe.schedule
+    base = Config.fromfile(CONFIG_DIR / "schedules" / f"{schedule.kind}.py").to_dict()
+    base["optim_wrapper"]["optimizer"].update(lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    base["train_cfg"]["max_epochs"] = schedule.epochs
+    if schedule.kind == "step":
+        base["param_scheduler"][0].update(milestones=list(schedule.milestones), gamma=schedule.gamma)
+    elif schedule.kind == "cosine":
+        base["param_scheduler"][0].update(T_max=schedule.epochs)
+    return base
+
+
+def build_config(spec: RunSpec, num_data: int) -> Config:
+    cfg = Config.fromfile(CONFIG_DIR / "default_runtime.py")
+    dataset = Config.fromfile(CONFIG_DIR / "datasets" / f"{spec.suite.dataset_base}.py").to_dict()
+    cfg.merge_from_dict(dataset)
+    cfg.merge_from_dict(_schedule_config(spec))
+
+    method_cfg = {"type": "ce"} if spec.method == "teacher" else dict(spec.recipe.method)
+    contrast_k = _contrast_k(method_cfg)
+    for split in ("train_dataloader", "val_dataloader"):
+        loader = cfg[split]
+        if spec.suite.needs_data_root:
+            loader.dataset.data_root = spec.data_root
+        if spec.num_workers is not None:
+            loader.num_workers = spec.num_workers
+        # Fresh workers every epoch, seeded from the per-epoch seed: interrupted-and-resumed
+        # runs draw the same augmentations and CRD negatives as uninterrupted ones.
+        loader.persistent_workers = False
+    cfg.train_dataloader.batch_size = spec.recipe.schedule.batch_size
+    if contrast_k is not None:
+        cfg.train_dataloader.dataset.contrast_k = contrast_k
+
+    cfg.model = dict(
+        type="DistillationModel",
+        student=spec.student,
+        teacher=None if spec.method == "teacher" else spec.pair.teacher,
+        teacher_checkpoint=spec.teacher_checkpoint,
+        method=method_cfg,
+        num_classes=spec.suite.num_classes,
+        num_data=num_data,
+        data_preprocessor=cfg.pop("data_preprocessor"),
+    )
+    cfg.pop("data_root", None)
+    cfg.pop("num_classes", None)
+    cfg.randomness = dict(seed=spec.seed, deterministic=spec.deterministic)
+    cfg.log_level = spec.log_level
+    cfg.work_dir = str(spec.run_dir / "mmengine")
+    cfg.recipe = spec.recipe.to_dict()
+    return cfg
+
+
+class EpochSeeder(Hook):
+    """Re-seeds every RNG at each epoch start from (run seed, epoch).
+
+    The random state then depends only on where training is, not on how it got there,
+    so a resumed run continues exactly like an uninterrupted one.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def before_train_epoch(self, runner) -> None:
+        set_random_seed(self.seed * 100_003 + runner.epoch)
+
+
+def environment(device: str) -> dict[str, Any]:
+    import mmengine
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else (platform.processor() or platform.machine())
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "mmengine": mmengine.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "device": f"{device} ({name})",
+        "world_size": 1,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def new_record(spec: RunSpec) -> RunRecord:
+    schedule = spec.recipe.schedule
+    return RunRecord(
+        suite=spec.suite.name,
+        pair=spec.pair.name,
+        teacher=spec.pair.teacher,
+        student=spec.student,
+        method=spec.method,
+        recipe=spec.recipe.name,
+        recipe_hash=spec.recipe.hash,
+        seed=spec.seed,
+        epochs=schedule.epochs,
+        batch_size=schedule.batch_size,
+        lr=schedule.lr,
+        teacher_checkpoint_sha256=spec.teacher_checkpoint_sha256,
+        teacher_top1=spec.teacher_top1,
+        env=environment(spec.device),
+        extra=dict(spec.extra, recipe=spec.recipe.to_dict()),
+    )
+
+
+def execute(
+    spec: RunSpec,
+    num_data: int,
+    record: RunRecord,
+    resume: bool,
+    progress: Callable[[str], Any] | None = None,
+    hooks: Sequence[Hook] = (),
+) -> RunRecord:
+    """Train one run to the end (or resume it); returns its completed or failed record.
+
+    ``hooks`` are extra MMEngine hooks (e.g. an interruption in tests).
+    """
+    save = lambda rec: write_record(rec, spec.run_dir)  # noqa: E731
+    cfg = build_config(spec, num_data)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.dump(str(spec.run_dir / "config.py"))
+    record.status, record.failure = "running", None
+    save(record)
+
+    # Built explicitly (not Runner.from_cfg) so every run gets a unique experiment name:
+    # MMEngine keys its global logger / message hub / visualiser by that name.
+    runner = Runner(
+        model=cfg.model,
+        work_dir=cfg.work_dir,
+        train_dataloader=cfg.train_dataloader,
+        val_dataloader=cfg.val_dataloader,
+        train_cfg=cfg.train_cfg,
+        val_cfg=cfg.val_cfg,
+        optim_wrapper=cfg.optim_wrapper,
+        param_scheduler=cfg.param_scheduler,
+        val_evaluator=cfg.val_evaluator,
+        default_hooks=cfg.default_hooks,
+        custom_hooks=[dict(type="EpochTracker"), dict(type="NonFiniteLossGuard")],
+        resume=resume,
+        launcher="none",
+        env_cfg=cfg.env_cfg,
+        log_level=cfg.log_level,
+        randomness=cfg.randomness,
+        experiment_name=f"{spec.suite.name}_{spec.pair.name}_{spec.method}_s{spec.seed}_{uuid.uuid4().hex[:8]}",
+        cfg=cfg,
+    )
+    timing = StepTimingHook()
+    runner.register_hook(EpochSeeder(spec.seed))
+    runner.register_hook(RunRecordHook(record, save, progress))
+    runner.register_hook(timing)
+    for hook in hooks:
+        runner.register_hook(hook)
+    if spec.device != "cpu":
+        runner.model.to(spec.device)
+
+    started = time.perf_counter()
+    try:
+        with allow_mmengine_checkpoint_globals():
+            runner.train()
+    except NonFiniteLossError as exc:
+        record.status, record.failure = "failed", str(exc)
+    finally:
+        record.wall_time_s = round((record.wall_time_s or 0.0) + time.perf_counter() - started, 3)
+    if record.status == "failed":
+        save(record)
+        return record
+
+    if timing.summary:
+        record.images_per_s = timing.summary.pop("images_per_s")
+        record.runtime = timing.summary
+        record.extra["peak_memory_kind"] = getattr(timing, "memory_kind", None)
+    else:
+        record.runtime = {"peak_memory_mb": round(peak_memory_mb(spec.device)[0], 1)}
+    record.finalise_curve()
+    record.status = "completed"
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
+    save(record)
+    return record
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "mmengine" / "last_checkpoint").is_file()
+
+
+__all__ = ["RunSpec", "build_config", "execute", "new_record", "has_checkpoint", "environment", "STUDENT_EXPORT"]

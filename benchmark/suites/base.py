@@ -1,0 +1,100 @@
+"""What a suite is: a dataset, its teacher→student pairs, and its recipes.
+
+A recipe is the whole training protocol of a run (schedule, optimiser, batch size,
+loss weights). It is part of every run's identity: its resolved form for one
+(pair, method) is hashed into the run record and shown in every table.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+# Students the references train with lr 0.01 instead of 0.05 (RepDistiller / mdistiller).
+LOW_LR_STUDENTS = frozenset({"MobileNetV2", "ShuffleV1", "ShuffleV2"})
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str
+    student: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}-{self.student}"
+
+
+@dataclass
+class Schedule:
+    """Optimiser and learning-rate schedule of one run, resolved."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    kind: str = "step"  # "step": ×gamma at milestones; "cosine": to 0, stepped per epoch
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    def with_epochs(self, epochs: int) -> "Schedule":
+        """The same schedule compressed/stretched to ``epochs`` (milestones scale with it)."""
+        scaled = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestones)
+        return Schedule(**{**asdict(self), "epochs": epochs, "milestones": scaled})
+
+    def with_batch_size(self, batch_size: int) -> "Schedule":
+        """Linear learning-rate rule (Goyal et al., 2017): lr scales with the batch size."""
+        return Schedule(**{**asdict(self), "batch_size": batch_size, "lr": self.lr * batch_size / self.batch_size})
+
+
+@dataclass
+class ResolvedRecipe:
+    """Everything that defines the training protocol of one (pair, method) run."""
+
+    name: str
+    schedule: Schedule
+    method: dict[str, Any]  # method config for the registry, loss weights included
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "schedule": asdict(self.schedule), "method": self.method, "notes": list(self.notes)}
+
+    @property
+    def hash(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# A recipe maps (pair, method name, suite's method defaults) to its resolved form.
+RecipeFn = Callable[[Pair, str, dict[str, Any]], ResolvedRecipe]
+
+
+@dataclass
+class Suite:
+    """A benchmark suite; one file per suite in this package registers one instance."""
+
+    name: str
+    num_classes: int
+    pairs: tuple[Pair, ...]
+    recipes: dict[str, RecipeFn]
+    dataset_base: str  # name of the _base_ dataset config in benchmark/configs/_base_/datasets/
+    # Suite-wide method settings (e.g. fewer CRD negatives on a small dataset).
+    method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    needs_data_root: bool = True
+    default_recipe: str = "unified"
+    description: str = ""
+
+    def pair(self, name: str) -> Pair:
+        for pair in self.pairs:
+            if pair.name == name:
+                return pair
+        known = ", ".join(p.name for p in self.pairs)
+        raise KeyError(f"suite {self.name!r} has no pair {name!r}; its pairs: {known}")
+
+    def resolve(self, recipe: str, pair: Pair, method: str) -> ResolvedRecipe:
+        if recipe not in self.recipes:
+            raise KeyError(f"suite {self.name!r} has no recipe {recipe!r}; its recipes: {', '.join(sorted(self.recipes))}")
+        defaults = copy.deepcopy(self.method_defaults.get(method, {}))
+        return self.recipes[recipe](pair, method, defaults)

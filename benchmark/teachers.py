@@ -1,0 +1,171 @@
+"""The teacher stage of a sweep.
+
+For each teacher of the selected pairs: use ``<teachers>/<name>_vanilla/ckpt_epoch_240.pth``
+(the community layout of RepDistiller / mdistiller's ``cifar_teachers.tar``) when present —
+loaded strictly and evaluated on the test split, so the tables show a measured teacher
+accuracy — else train the teacher alone (CE) with the suite's recipe and cache it as a
+run of its own (``<work-dir>/<suite>/<recipe>/teachers/<name>/seed0``, resumable like
+every run). Either way the teacher gets a run record with method ``teacher``.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from mmengine.config import Config
+from mmengine.dataset import default_collate
+from mmengine.registry import DATASETS, MODELS
+from torch.utils.data import DataLoader
+
+from benchmark.checkpoints import CheckpointError, community_checkpoint_path, load_community_checkpoint, sha256_of
+from benchmark.models import build_model
+from benchmark.records import TEACHER_ROW, RecordError, read_record, write_record
+from benchmark.suites import Pair, Suite
+
+TEACHER_SEED = 0
+
+
+@dataclass
+class TeacherInfo:
+    path: str
+    sha256: str
+    top1: float
+
+
+def _dataset_cfg(suite: Suite, split: str, data_root: str, download: bool) -> dict[str, Any]:
+    from benchmark.runner import CONFIG_DIR
+
+    base = Config.fromfile(CONFIG_DIR / "datasets" / f"{suite.dataset_base}.py")
+    cfg = dict(base[f"{split}_dataloader"]["dataset"])
+    if suite.needs_data_root:
+        cfg["data_root"] = data_root
+        if download:
+            cfg["download"] = True
+    return cfg
+
+
+@torch.no_grad()
+def evaluate_top1(model: torch.nn.Module, suite: Suite, data_root: str, device: str, batch_size: int = 256) -> float:
+    """Top-1 (%) of ``model`` on the suite's test split, with the suite's normalisation."""
+    from benchmark.runner import CONFIG_DIR
+
+    base = Config.fromfile(CONFIG_DIR / "datasets" / f"{suite.dataset_base}.py")
+    preprocessor = MODELS.build({**base["data_preprocessor"], "augment": False}).to(device)
+    dataset = DATASETS.build(_dataset_cfg(suite, "val", data_root, download=False))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate)
+    model = model.to(device).eval()
+    correct = total = 0
+    for batch in loader:
+        batch = preprocessor(batch, training=False)
+        correct += (model(batch["inputs"]).argmax(1) == batch["target"]).sum().item()
+        total += len(batch["target"])
+    return 100.0 * correct / total
+
+
+class TeacherStage:
+    def __init__(self, suite: Suite, recipe: str, args: argparse.Namespace) -> None:
+        self.suite, self.recipe, self.args = suite, recipe, args
+        self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        from benchmark.run import _variant
+
+        self.root = Path(args.work_dir) / suite.name / _variant(recipe, args.epochs, None) / "teachers"
+
+    def community_path(self, name: str) -> Path | None:
+        if not self.args.teachers:
+            return None
+        path = community_checkpoint_path(self.args.teachers, name)
+        return path if path.is_file() else None
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / name / f"seed{TEACHER_SEED}"
+
+    def describe(self, name: str) -> str:
+        found = self.community_path(name)
+        if found:
+            return f"checkpoint {found} (evaluated on the test split)"
+        record = self.run_dir(name) / "record.json"
+        if record.exists():
+            return f"trained before, {record.parent}"
+        epochs = self._recipe(name).schedule.epochs
+        where = f"no {name}_vanilla/ckpt_epoch_240.pth in {self.args.teachers}; " if self.args.teachers else ""
+        return f"{where}train alone with the {self.recipe} recipe ({epochs} epochs, CE) into {self.run_dir(name)}"
+
+    def _recipe(self, name: str):
+        from benchmark.run import _adjust
+
+        return _adjust(self.suite.resolve(self.recipe, Pair(name, name), "ce"), self.args.epochs, None)
+
+    def num_train_samples(self) -> int:
+        """Builds the training split once: proves the data is there, and sizes CRD's memory."""
+        dataset = DATASETS.build(_dataset_cfg(self.suite, "train", self.args.data_root, self.args.download))
+        return len(dataset)
+
+    def ensure(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
+        found = self.community_path(name)
+        if found:
+            return self._from_checkpoint(name, found, say)
+        return self._train(name, say)
+
+    def _from_checkpoint(self, name: str, path: Path, say: Callable[[str], Any]) -> TeacherInfo:
+        from benchmark.runner import RunSpec, new_record
+
+        digest = sha256_of(path)
+        run_dir = self.run_dir(name)
+        try:
+            record = read_record(run_dir / "record.json")
+            if record.teacher_checkpoint_sha256 == digest and record.status == "completed":
+                return TeacherInfo(str(path), digest, record.last_top1)
+        except RecordError:
+            pass
+        model = build_model(name, self.suite.num_classes)
+        load_community_checkpoint(model, path)
+        say(f"teacher {name}: evaluating {path} on the test split")
+        top1 = round(evaluate_top1(model, self.suite, self.args.data_root, self.device), 4)
+        spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, self._recipe(name), TEACHER_SEED, run_dir, device=self.device)
+        record = new_record(spec)
+        record.status, record.last_top1, record.best_top1 = "completed", top1, top1
+        record.teacher_checkpoint_sha256, record.teacher_top1 = digest, top1
+        record.extra["source"] = f"community checkpoint {path}"
+        write_record(record, run_dir)
+        say(f"teacher {name}: top-1 {top1:.2f} from {path}")
+        return TeacherInfo(str(path), digest, top1)
+
+    def _train(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
+        from benchmark.run import UsageError
+        from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, has_checkpoint, new_record
+
+        run_dir = self.run_dir(name)
+        recipe = self._recipe(name)
+        spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, recipe, TEACHER_SEED, run_dir,
+                       data_root=self.args.data_root, device=self.device, num_workers=self.args.num_workers,
+                       deterministic=self.args.deterministic, log_level="INFO" if self.args.verbose else "ERROR")
+        record, resume = None, False
+        if (run_dir / "record.json").exists():
+            try:
+                record = read_record(run_dir / "record.json")
+            except RecordError as exc:
+                raise UsageError(f"cannot trust the teacher record {run_dir / 'record.json'} ({exc}); move it away") from None
+            if record.recipe_hash != recipe.hash:
+                raise UsageError(f"{run_dir} holds a teacher of another recipe (hash {record.recipe_hash}, now {recipe.hash})")
+            if record.status == "completed":
+                path = run_dir / STUDENT_EXPORT
+                return TeacherInfo(str(path), sha256_of(path), record.last_top1)
+            if record.status == "failed":
+                raise UsageError(f"teacher {name} failed to train ({record.failure}); see {run_dir}")
+            resume = has_checkpoint(run_dir)
+        if record is None or not resume:
+            record = new_record(spec)
+        say(f"teacher {name}: {'resuming' if resume else 'training'} ({recipe.schedule.epochs} epochs, CE) in {run_dir}")
+        show = (lambda line: say("    " + line)) if (self.args.verbose or recipe.schedule.epochs >= 20) else None
+        record = execute(spec, self.num_train_samples(), record, resume=resume, progress=show)
+        if record.status != "completed":
+            raise UsageError(f"teacher {name} failed to train: {record.failure}")
+        path = run_dir / STUDENT_EXPORT
+        say(f"teacher {name}: top-1 {record.last_top1:.2f} ({record.wall_time_s:.1f}s)")
+        return TeacherInfo(str(path), sha256_of(path), record.last_top1)
+
+
+__all__ = ["TeacherStage", "TeacherInfo", "evaluate_top1", "CheckpointError"]
