@@ -231,6 +231,10 @@ def _main(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         logging.getLogger("mmengine").setLevel(logging.ERROR)
+    if suite.cpu_threads and stage.device == "cpu":
+        import torch
+
+        torch.set_num_threads(suite.cpu_threads)
     from benchmark.checkpoints import CheckpointError
     from benchmark.data import DatasetNotFoundError
 

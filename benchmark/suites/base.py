@@ -83,6 +83,8 @@ class Suite:
     # Suite-wide method settings (e.g. fewer CRD negatives on a small dataset).
     method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     needs_data_root: bool = True
+    # CPU threads for torch; tiny networks run faster on one thread than on two contending ones.
+    cpu_threads: int | None = None
     default_recipe: str = "unified"
     description: str = ""
 

@@ -31,6 +31,7 @@ SUITE = register_suite(
         # and DKD warms up over 2 of the 10 epochs instead of 20 of 240.
         method_defaults={"crd": {"nce_k": 256}, "crd_kd": {"nce_k": 256}, "dkd": {"warmup": 2}},
         needs_data_root=False,
+        cpu_threads=1,
         description="scikit-learn digits (embedded real data), CPU-sized",
     )
 )
