@@ -1,0 +1,1 @@
+"""Benchmarks (``-m bench``) and the quick checks of the benchmark tools (default run)."""
