@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.records import TEACHER_ROW, RecordError, RunRecord, read_record, write_record  # noqa: E402
+from benchmark.records import RecordError, RunRecord, read_record, write_record  # noqa: E402
 
 BASELINE = "ce"
 

@@ -1,7 +1,6 @@
 """End to end through MMEngine's Runner on a tiny CIFAR-100 in the official format."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -30,7 +30,6 @@ figures measure the neighbours, not the loss. ``--threads 0`` keeps PyTorch's de
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from .timing import adaptive_ms, env_info, median, peak_memory_mb
+from .timing import adaptive_ms, env_info, median, peak_memory_mb, write_json_and_markdown
 from .workloads import loss_workload
 
 DEFAULT_METHODS = ("ce", "kd", "dkd", "ckd", "fitnet", "crd")
@@ -177,11 +176,7 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     validate_report(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    markdown = out.with_suffix(".md")
-    markdown.write_text(to_markdown(report))
-    return out, markdown
+    return write_json_and_markdown(report, out, to_markdown(report))
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -13,12 +13,11 @@ summary is written beside the JSON.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from .timing import env_info, interleaved_ms, median, peak_memory_mb
+from .timing import env_info, interleaved_ms, median, peak_memory_mb, write_json_and_markdown
 from .workloads import CRD_DIM, CRD_K, CRD_N, memory_scoring_workload
 
 
@@ -93,10 +92,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         torch.set_num_threads(args.threads)
     result = compare(args.batch_size, args.k, args.n_data, args.dim, args.device, args.repeats, with_loss=args.with_loss)
     report = {"env": env_info(args.device), "result": result}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    args.out.with_suffix(".md").write_text(markdown)
+    write_json_and_markdown(report, args.out, markdown)
     print(markdown)
     return report
 

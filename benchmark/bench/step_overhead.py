@@ -34,7 +34,6 @@ cost per batch is reported separately (it is on the step's critical path only wi
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from torch import Tensor, nn
 
 from methods import METHODS, DistillContext, Distiller, StepInputs, build_method
 
-from .timing import adaptive_ms, env_info, median, synchronize
+from .timing import adaptive_ms, env_info, median, synchronize, write_json_and_markdown
 
 DEFAULT_METHODS = ("kd", "fitnet", "crd", "crd_kd", "dkd", "ckd")
 TARGET_RATIO = 1.05
@@ -405,10 +404,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Where a method's own time goes, for those costing more than 0.5% of the floor.
         report["loss_profiles"] = {row["method"]: profile_call(loss_only(by_name[row["method"]]), device, calls=3, top=10)
                                    for row in result["methods"] if row["attributable_ratio"] > 1.005}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     markdown = to_markdown(report)
-    args.out.with_suffix(".md").write_text(markdown)
+    write_json_and_markdown(report, args.out, markdown)
     print(markdown)
     return report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -113,3 +114,14 @@ def env_info(device: torch.device | str) -> dict[str, object]:
         "threads": torch.get_num_threads(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def write_json_and_markdown(report: dict, out: Path, markdown: str) -> tuple[Path, Path]:
+    """Write ``report`` as JSON to ``out`` and ``markdown`` beside it (``.md``); returns both paths."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    markdown_path = out.with_suffix(".md")
+    markdown_path.write_text(markdown)
+    return out, markdown_path

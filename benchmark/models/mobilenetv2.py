@@ -7,11 +7,10 @@ a 2x2 average pool and ``classifier`` (a Sequential holding one Linear: key
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from .init import init_like_reference
 from .registry import register_model
 from .taps import FeatureTap
 
@@ -85,18 +84,7 @@ class CifarMobileNetV2(nn.Module):
         # 32x32 input -> 2x2 map after the stem and three stride-2 stages.
         self.avgpool = nn.AvgPool2d(2, ceil_mode=True)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_like_reference(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)

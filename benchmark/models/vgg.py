@@ -7,12 +7,11 @@ linear ``classifier``.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_like_reference
 from .registry import register_model
 from .taps import FeatureTap
 
@@ -66,18 +65,7 @@ class CifarVGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(block_widths[4][-1], num_classes)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_like_reference(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height = x.shape[2]
