@@ -51,9 +51,15 @@ def test_golden_value_and_gradients(golden, recomputed, case):
         torch.testing.assert_close(torch.tensor(got["grads"][name], dtype=f64), torch.tensor(grad, dtype=f64), **TIGHT)
 
 
-def test_golden_crd_memory(golden):
+# CRD's memory has two scoring paths (row gather as the reference, full-bank matmul):
+# every reference check runs under both.
+SCORING = ["gather", "full"]
+
+
+@pytest.mark.parametrize("scoring", SCORING)
+def test_golden_crd_memory(golden, scoring):
     case = golden["crd_memory"]
-    memory = ContrastMemory(case["feat_dim"], case["n_data"], case["nce_k"], case["nce_t"], case["nce_m"]).double()
+    memory = ContrastMemory(case["feat_dim"], case["n_data"], case["nce_k"], case["nce_t"], case["nce_m"], scoring).double()
     with torch.no_grad():
         memory.memory_student.copy_(torch.tensor(case["start"]["memory_student"], dtype=f64))
         memory.memory_teacher.copy_(torch.tensor(case["start"]["memory_teacher"], dtype=f64))
@@ -125,9 +131,9 @@ def test_embed_matches_reference():
     assert torch.allclose(ours(x).norm(dim=1), torch.ones(5, dtype=f64))
 
 
-def _pair_of_memories(feat_dim, n_data, k, seed=3):
+def _pair_of_memories(feat_dim, n_data, k, seed=3, scoring="auto"):
     torch.manual_seed(seed)
-    ours = ContrastMemory(feat_dim, n_data, k, 0.07, 0.5).double()
+    ours = ContrastMemory(feat_dim, n_data, k, 0.07, 0.5, scoring).double()
     torch.manual_seed(seed)
     theirs = ref.RefContrastMemory(feat_dim, n_data, k, 0.07, 0.5).double()
     return ours, theirs
@@ -141,9 +147,10 @@ def test_contrast_memory_init_matches_reference():
     assert ours.memory_student.abs().max() <= bound
 
 
-def test_contrast_memory_matches_reference_over_steps():
+@pytest.mark.parametrize("scoring", SCORING)
+def test_contrast_memory_matches_reference_over_steps(scoring):
     n, d, k, b = 40, 8, 12, 6
-    ours, theirs = _pair_of_memories(d, n, k)
+    ours, theirs = _pair_of_memories(d, n, k, scoring=scoring)
     gen = torch.Generator().manual_seed(1)
     for _ in range(4):  # the first call fixes Z, later calls reuse it and see updated banks
         v_s = F.normalize(torch.randn(b, d, generator=gen, dtype=f64), dim=1).requires_grad_()
