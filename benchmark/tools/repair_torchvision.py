@@ -108,10 +108,13 @@ def repair() -> None:
 
     provided = [Path(p) for p in glob.glob(str(torch_lib / "*.so*"))]
     provided += [Path(p) for p in glob.glob(str(bundled / "*.so*"))]
+    defined = _defined_symbols(provided)
+    # The c10::cuda / at::cuda C++ symbols; the CUDA runtime's own (cuda*, __cuda*) come from
+    # the cudart the wheel bundles.
     missing = {
         name: kind
         for name, kind in _undefined_symbols(c_so).items()
-        if name not in _defined_symbols(provided) and ("cuda" in name) and not name.startswith(("cuda", "__cuda"))
+        if name not in defined and "cuda" in name and not name.startswith(("cuda", "__cuda"))
     }
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "stub.c"
