@@ -1,4 +1,4 @@
-"""The weight initialisation loop shared by RepDistiller's VGG and MobileNetV2."""
+"""The weight initialisation loops the RepDistiller model families share."""
 from __future__ import annotations
 
 import math
@@ -24,3 +24,16 @@ def init_like_reference(model: nn.Module) -> None:
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.01)
             nn.init.zeros_(module.bias)
+
+
+def init_resnet_like(model: nn.Module) -> None:
+    """Kaiming-normal convs (fan-out, ReLU), norm layers to (1, 0); linear layers untouched.
+
+    The loop of RepDistiller's CIFAR ResNets and its ResNet-50, in ``model.modules()`` order.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_resnet_like
 from .registry import register_model
 from .taps import FeatureTap
 
@@ -69,12 +70,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
+        init_resnet_like(self)
         # fc keeps PyTorch's default init, as in the reference.
 
     def _make_stage(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .init import init_resnet_like
 from .registry import register_model
 from .taps import FeatureTap
 
@@ -61,12 +62,7 @@ class CifarStemResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(512 * Bottleneck.expansion, num_classes)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(module.weight, 1)
-                nn.init.constant_(module.bias, 0)
+        init_resnet_like(self)
         # `linear` keeps PyTorch's default init; the reference's zero_init_residual is off.
 
     def _make_stage(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
