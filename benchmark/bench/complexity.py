@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import torch
 
-from .timing import adaptive_ms, env_info, median, peak_memory_mb, write_json_and_markdown
+from .timing import adaptive_ms, add_device_arguments, apply_device_arguments, env_info, median, peak_memory_mb, write_json_and_markdown
 from .workloads import loss_workload
 
 DEFAULT_METHODS = ("ce", "kd", "dkd", "ckd", "fitnet", "crd")
@@ -186,18 +185,14 @@ def _ints(text: str) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("reports/bench/loss_complexity.json"))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (for tests)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads; 0 keeps PyTorch's default")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--batch-sizes", type=_ints, default=None)
     parser.add_argument("--crd-n", type=_ints, default=None, help=f"CRD bank sizes (default {DEFAULT_CRD_N})")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory call (peak_memory_mb: null)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
-    if args.device == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_device_arguments(parser, args)
     settings: dict[str, Any] = dict(QUICK) if args.quick else {}
     batch_sizes = args.batch_sizes or settings.pop("batch_sizes", DEFAULT_BATCH_SIZES)
     crd_n = args.crd_n or settings.pop("crd_n", DEFAULT_CRD_N)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 
-from .timing import env_info, interleaved_ms, median, peak_memory_mb, write_json_and_markdown
+from .timing import add_device_arguments, apply_device_arguments, env_info, interleaved_ms, median, peak_memory_mb, write_json_and_markdown
 from .workloads import CRD_DIM, CRD_K, CRD_N, memory_scoring_workload
 
 
@@ -78,9 +77,8 @@ def to_markdown(report: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_device_arguments(parser)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: see benchmark.bench.complexity)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--k", type=int, default=CRD_K)
     parser.add_argument("--n-data", type=int, default=CRD_N)
@@ -88,8 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--with-loss", action="store_true", help="also time both paths with the NCE loss on top")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/crd_scoring.json"))
     args = parser.parse_args(argv)
-    if args.device == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_device_arguments(parser, args)
     result = compare(args.batch_size, args.k, args.n_data, args.dim, args.device, args.repeats, with_loss=args.with_loss)
     report = {"env": env_info(args.device), "result": result}
     markdown = to_markdown(report)

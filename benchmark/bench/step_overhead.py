@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from methods import METHODS, DistillContext, Distiller, StepInputs, build_method
 
-from .timing import adaptive_ms, env_info, median, synchronize, write_json_and_markdown
+from .timing import adaptive_ms, add_device_arguments, apply_device_arguments, env_info, median, synchronize, write_json_and_markdown
 
 DEFAULT_METHODS = ("kd", "fitnet", "crd", "crd_kd", "dkd", "ckd")
 TARGET_RATIO = 1.05
@@ -365,17 +365,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--num-data", type=int, default=50_000, help="CRD bank size (CIFAR-100 train set)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads; 0 keeps PyTorch's default")
+    add_device_arguments(parser)
     parser.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
                         help="auto: CPU time on a one-thread CPU run, else wall time")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/step_overhead.json"))
     parser.add_argument("--no-profile", action="store_true", help="do not profile methods over the target")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
-    if args.device == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    apply_device_arguments(parser, args)
     device = torch.device(args.device)
     clock = args.clock
     if clock == "auto":

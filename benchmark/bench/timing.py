@@ -6,6 +6,7 @@ each in turn, order rotated) and summarised by their median.
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import statistics
 import time
@@ -125,3 +126,18 @@ def write_json_and_markdown(report: dict, out: Path, markdown: str) -> tuple[Pat
     markdown_path = out.with_suffix(".md")
     markdown_path.write_text(markdown)
     return out, markdown_path
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads``, the same for every benchmark script."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: two threads on a shared 2-core machine mostly time the scheduler); 0 keeps PyTorch's default")
+
+
+def apply_device_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse CUDA where there is none; pin the CPU thread count."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    if args.device == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
