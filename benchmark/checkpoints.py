@@ -15,16 +15,28 @@ import contextlib
 import hashlib
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from benchmark.atomic import atomic_path
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit its network."""
+
+
+def first_sentence(exc: BaseException) -> str:
+    """A library's error in one short line: its first sentence (torch's are paragraphs)."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    end = text.find(". ")
+    return (text[: end + 1] if end > 0 else text)[:200]
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -47,8 +59,7 @@ def read_community_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_line}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} is not in the community format {{'model': state_dict}}")
     return payload
@@ -67,12 +78,9 @@ def load_community_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict
 
 def save_community_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
     """Save ``{'model': state_dict, **extra}`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), **extra}, tmp)
+    return Path(path)
 
 
 def _mmengine_checkpoint_globals() -> list:
@@ -99,6 +107,46 @@ def _mmengine_checkpoint_globals() -> list:
 
         allowed.append(ConfigDict)
     return allowed
+
+
+EPOCH_CHECKPOINT = re.compile(r"^epoch_(\d+)\.pth$")
+SET_ASIDE_SUFFIX = ".unreadable"
+
+
+def epoch_checkpoints(work_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """MMEngine's ``epoch_<k>.pth`` files in ``work_dir``, newest epoch first."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := EPOCH_CHECKPOINT.match(p.name)) and p.is_file()]
+    return sorted(found, reverse=True)
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict:
+    """Load one of our own MMEngine training checkpoints (allow-listed types only)."""
+    with allow_mmengine_checkpoint_globals():
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def newest_loadable_checkpoint(work_dir: str | os.PathLike, say: Callable[[str], object]) -> tuple[int, Path] | None:
+    """The newest epoch checkpoint in ``work_dir`` that loads completely, or None.
+
+    One that does not load (torn by a kill during ``torch.save``, a full disk, a node crash)
+    is set aside — renamed ``*.unreadable``, never deleted — with one line, and the next
+    older one is tried.
+    """
+    for epoch, path in epoch_checkpoints(work_dir):
+        try:
+            checkpoint = load_training_checkpoint(path)
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+                raise ValueError("not an MMEngine training checkpoint")
+        except Exception as exc:  # noqa: BLE001 - any failure to load means: do not resume from it
+            aside = path.with_name(path.name + SET_ASIDE_SUFFIX)
+            os.replace(path, aside)
+            say(f"checkpoint {path} does not load ({first_sentence(exc)}); set aside as {aside.name}")
+            continue
+        return epoch, path
+    return None
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, METRICS
 
+from benchmark import faults
 from benchmark.records import EpochPoint, RunRecord
 
 
@@ -70,6 +71,8 @@ class NonFiniteLossGuard(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not outputs:
             return
+        if faults.matches("nan_loss", epoch=runner.epoch + 1, iter=batch_idx + 1, method=method_of(runner)) == "NAN":
+            outputs["loss"] = torch.tensor(float("nan"))
         for name, value in outputs.items():
             if torch.is_tensor(value) and value.numel() == 1 and not math.isfinite(value.item()):
                 raise NonFiniteLossError(
@@ -77,20 +80,49 @@ class NonFiniteLossGuard(Hook):
                 )
 
 
+RUN_STATE_KEY = "kd_run_state"  # our part of every training checkpoint
+
+
+def method_of(runner) -> str | None:
+    """The registry name of the run's method (for fault-injection contexts)."""
+    with_method = getattr(unwrap(runner.model), "method_name", None)
+    return with_method or (runner.cfg.get("model", {}).get("method", {}) or {}).get("type")
+
+
 @HOOKS.register_module()
 class RunRecordHook(Hook):
     """Appends (epoch, top-1, top-5, mean loss) to the run record after each validation.
 
-    The record is written after every epoch, so an interrupted run keeps its curve and a
-    resumed one continues it (epochs already present are replaced, not duplicated).
+    The record is written after every validation, so an interrupted run keeps its curve.
+    What a resumed run needs to leave exactly the record of an uninterrupted one travels
+    with each checkpoint (``RUN_STATE_KEY``): the wall time spent up to it and the mean
+    loss of the epoch it closes. On resume, curve points after the checkpoint's epoch are
+    dropped (they will be recomputed identically), and an epoch whose checkpoint was
+    written but whose validation never ran (a kill between the two) is validated first.
     """
 
-    priority = "LOW"
+    priority = "LOW"  # before CheckpointHook (VERY_LOW) in after_train_epoch
 
     def __init__(self, record: RunRecord, save: Callable[[RunRecord], Any], progress: Callable[[str], Any] | None = None) -> None:
         self.record, self.save, self.progress = record, save, progress
         self._loss_sum, self._loss_count = 0.0, 0
-        self._epoch_start = time.perf_counter()
+        self._epoch_loss: float | None = None
+        self._epoch_start = self._attempt_start = time.perf_counter()
+        self._wall_base = 0.0  # seconds of training before this attempt (from the checkpoint)
+
+    def wall_time(self) -> float:
+        """Seconds of training behind the current state, summed over attempts."""
+        return round(self._wall_base + time.perf_counter() - self._attempt_start, 3)
+
+    def write(self) -> None:
+        self.record.wall_time_s = self.wall_time()
+        self.save(self.record)
+
+    def before_train(self, runner) -> None:
+        validated = {p.epoch for p in self.record.curve}
+        if runner.epoch > 0 and runner.epoch not in validated:
+            # Resumed from epoch k's checkpoint, but epoch k was never validated.
+            runner.val_loop.run()
 
     def before_train_epoch(self, runner) -> None:
         self._loss_sum, self._loss_count = 0.0, 0
@@ -102,17 +134,45 @@ class RunRecordHook(Hook):
             self._loss_sum += float(loss.detach() if torch.is_tensor(loss) else loss)
             self._loss_count += 1
 
+    def after_train_epoch(self, runner) -> None:
+        self._epoch_loss = self._loss_sum / self._loss_count if self._loss_count else None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault(RUN_STATE_KEY, {}).update(wall_time_s=self.wall_time(), epoch_loss=self._epoch_loss)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get(RUN_STATE_KEY) or {}
+        self._wall_base = float(state.get("wall_time_s") or 0.0)
+        self._attempt_start = time.perf_counter()
+        self._epoch_loss = state.get("epoch_loss")
+        epoch = int(checkpoint["meta"]["epoch"])
+        self.record.curve = [p for p in self.record.curve if p.epoch <= epoch]
+
     def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
         if not metrics or "val/top1" not in metrics:
             return
         epoch = runner.epoch  # the train loop has already counted the finished epoch
-        loss = self._loss_sum / self._loss_count if self._loss_count else None
-        point = EpochPoint(epoch=epoch, top1=round(metrics["val/top1"], 4), top5=round(metrics["val/top5"], 4), loss=loss)
+        point = EpochPoint(epoch=epoch, top1=round(metrics["val/top1"], 4), top5=round(metrics["val/top5"], 4), loss=self._epoch_loss)
         self.record.curve = [p for p in self.record.curve if p.epoch < epoch] + [point]
-        self.save(self.record)
+        self.write()
         if self.progress:
             seconds = time.perf_counter() - self._epoch_start
-            self.progress(f"epoch {epoch}/{runner.max_epochs}  top1 {point.top1:.2f}  loss {loss if loss is None else round(loss, 4)}  ({seconds:.1f}s)")
+            loss = point.loss if point.loss is None else round(point.loss, 4)
+            self.progress(f"epoch {epoch}/{runner.max_epochs}  top1 {point.top1:.2f}  loss {loss}  ({seconds:.1f}s)")
+        faults.fire("after_validation", epoch=epoch, method=method_of(runner))
+
+
+@HOOKS.register_module()
+class FaultPoints(Hook):
+    """Calls :func:`benchmark.faults.fire` at the points the reliability tests interrupt."""
+
+    priority = "LOWEST"  # after CheckpointHook: the epoch's checkpoint is on disk
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        faults.fire("mid_epoch", epoch=runner.epoch + 1, iter=batch_idx + 1, method=method_of(runner))
+
+    def after_train_epoch(self, runner) -> None:
+        faults.fire("after_checkpoint", epoch=runner.epoch + 1, method=method_of(runner))
 
 
 def peak_memory_mb(device: torch.device | str) -> tuple[float, str]:
@@ -180,6 +240,16 @@ class StepTimingHook(Hook):
             self._count += 1
             self._images += len(data_batch["target"]) if data_batch and "target" in data_batch else 0
         self._last_end = end
+
+    # The sums travel with each checkpoint, so a resumed run reports images/s and timings
+    # over all its training iterations, not only those of its last attempt.
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault(RUN_STATE_KEY, {})["timing"] = {"sums": dict(self._sums), "count": self._count, "images": self._images}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        timing = (checkpoint.get(RUN_STATE_KEY) or {}).get("timing") or {}
+        self._sums = {key: float(value) for key, value in (timing.get("sums") or {}).items()}
+        self._count, self._images = int(timing.get("count", 0)), int(timing.get("images", 0))
 
     def after_train(self, runner) -> None:
         if not self._count:

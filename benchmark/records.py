@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,25 @@ class RunRecord:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form (e.g. linear-lr rule for batch-size ablations)
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def evaluated_only(self) -> bool:
+        """A teacher checkpoint evaluated on the test split: no training, so no curve."""
+        return self.method == TEACHER_ROW and str(self.extra.get("source", "")).startswith("community checkpoint")
+
+    def curve_problem(self) -> str | None:
+        """Why the curve is not exactly epochs 1..E, each once and in order (None when it is)."""
+        if self.evaluated_only:
+            return None
+        epochs = [p.epoch for p in self.curve]
+        expected = list(range(1, self.epochs + 1))
+        if epochs == expected:
+            return None
+        missing = sorted(set(expected) - set(epochs))
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            return f"a hole in its curve: epoch(s) {shown} of 1..{self.epochs} never validated"
+        return f"a curve that is not epochs 1..{self.epochs} once each in order (got {epochs[:12]})"
+
     def finalise_curve(self) -> None:
         """Derive last/best statistics from the per-epoch curve."""
         if not self.curve:
@@ -104,22 +122,18 @@ class RunRecord:
                 value = getattr(record, name)
                 if not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise RecordError(f"completed record without a finite {name}")
+            problem = record.curve_problem()
+            if problem:
+                raise RecordError(f"completed record with {problem}")
         return record
 
 
 def write_record(record: RunRecord, run_dir: str | os.PathLike) -> Path:
     """Write ``record.json`` atomically into ``run_dir``; returns its path."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / RECORD_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".json", dir=run_dir)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record.to_dict(), handle, indent=1, sort_keys=True, allow_nan=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    from benchmark.atomic import write_text
+
+    text = json.dumps(record.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
+    return write_text(Path(run_dir) / RECORD_FILE, text)
 
 
 def read_record(path: str | os.PathLike) -> RunRecord:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
 import traceback
@@ -23,6 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmark.claims import claim, holder_of  # noqa: E402
 from benchmark.records import RecordError, RunRecord, read_record, write_record  # noqa: E402
 
 BASELINE = "ce"
@@ -201,20 +204,57 @@ def print_plan(suite, recipe: str, pairs, runs: list[PlannedRun], teacher_plan: 
     say("runs:")
     for run in runs:
         state, _ = existing_state(run)
-        say(f"  [{state:>11}] {run.label} -> {run.run_dir}")
+        holder = holder_of(run.run_dir)
+        held = f" (held by {holder})" if holder else ""
+        say(f"  [{state:>11}] {run.label} -> {run.run_dir}{held}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or a user's kill): stop like Ctrl-C, leaving resumable runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def check_writable_dir(path: str, option: str) -> None:
+    """Create ``path`` if needed and prove a file can be written there; else one-line UsageError."""
+    from benchmark.atomic import write_text
+
+    target = Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        probe = write_text(target / f".write-test-{os.getpid()}", "")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create or write there ({exc.strerror or type(exc).__name__})") from None
+
+
+EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _main(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: runs in progress keep their last checkpoint; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}: runs in progress keep their last checkpoint; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class SweepOutcome:
+    failed: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+    completed: int = 0
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -223,12 +263,18 @@ def _main(args: argparse.Namespace) -> int:
 
     teacher_names = sorted({p.teacher for p in pairs}, key=[p.teacher for p in pairs].index)
     stage = teacher_stage.TeacherStage(suite, recipe, args)
-    teacher_plan = {name: stage.describe(name) for name in teacher_names}
     needs_teacher = any(run.method != BASELINE for run in runs)
     if args.dry_run:
-        print_plan(suite, recipe, pairs, runs, teacher_plan)
+        print_plan(suite, recipe, pairs, runs, {name: stage.describe(name) for name in teacher_names})
         return 0
 
+    # Everything that can be checked is checked before anything runs.
+    if needs_teacher:
+        stage.check_teacher_files(teacher_names)
+    check_writable_dir(args.work_dir, "--work-dir")
+    if not args.no_aggregate:
+        check_writable_dir(args.tables, "--tables")
+        check_writable_dir(args.reports, "--reports")
     if not args.verbose:
         logging.getLogger("mmengine").setLevel(logging.ERROR)
     if suite.cpu_threads and stage.device == "cpu":
@@ -236,79 +282,111 @@ def _main(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(suite.cpu_threads)
     from benchmark.checkpoints import CheckpointError
+    from benchmark.claims import ClaimHeld
     from benchmark.data import DatasetNotFoundError
 
+    outcome = SweepOutcome()
+    teachers, held_teachers = {}, {}
     try:
         num_data = stage.num_train_samples()
-        teachers = {name: stage.ensure(name, say) for name in teacher_names} if needs_teacher else {}
+        if needs_teacher:
+            for name in teacher_names:
+                try:
+                    teachers[name] = stage.ensure(name, say)
+                except ClaimHeld as held:
+                    held_teachers[name] = held.holder
+                    say(f"teacher {name}: held by another sweep ({held.holder}); the runs that need it are skipped")
     except (DatasetNotFoundError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
 
-    from benchmark.runner import RunSpec, execute, has_checkpoint, new_record
-
     progress = Progress(runs)
-    failures: list[str] = []
     say(f"{len(runs)} run(s) planned in {args.work_dir}")
     for number, run in enumerate(runs, 1):
-        state, record = existing_state(run)
         prefix = f"[{number}/{len(runs)}] {run.label}"
-        if state == "completed":
-            say(f"{prefix}: done before (top-1 last {record.last_top1:.2f}), skipped")
+        if run.method != BASELINE and run.pair.teacher in held_teachers:
+            say(f"{prefix}: its teacher is held by another sweep ({held_teachers[run.pair.teacher]}); skipped")
+            outcome.held.append(run.label)
             progress.finished(run, None)
             continue
-        if state == "failed" and not args.retry_failed:
-            say(f"{prefix}: failed before ({record.failure}); --retry-failed runs it again")
-            failures.append(run.label)
-            progress.finished(run, None)
-            continue
-        resume = False
-        if state == "interrupted":
-            if not args.resume:
-                raise UsageError(f"{run.run_dir} holds an interrupted run; rerun with --resume to continue it")
-            resume = has_checkpoint(run.run_dir)
-        if state == "failed":
-            (run.run_dir / "record.json").replace(run.run_dir / "record.failed.json")
-            record = None
-        teacher = teachers.get(run.pair.teacher)
-        spec = RunSpec(
-            suite=suite, pair=run.pair, method=run.method, recipe=run.recipe, seed=run.seed, run_dir=run.run_dir,
-            data_root=args.data_root, device=stage.device, num_workers=args.num_workers, deterministic=args.deterministic,
-            teacher_checkpoint=teacher.path if teacher else None,
-            teacher_checkpoint_sha256=teacher.sha256 if teacher else None,
-            teacher_top1=teacher.top1 if teacher else None, extra=run.extra,
-            log_level="INFO" if args.verbose else "ERROR",
-        )
-        if record is None or not resume:
-            record = new_record(spec)
-        say(f"{prefix}: {'resuming' if resume else 'starting'} | {progress.eta()}")
-        started = time.perf_counter()
-        show = (lambda line: say("    " + line)) if (args.verbose or run.recipe.schedule.epochs >= 20) else None
         try:
-            record = execute(spec, num_data, record, resume=resume, progress=show)
+            with claim(run.run_dir, say):
+                run_one(run, prefix, args, suite, stage, teachers, num_data, progress, outcome)
+        except ClaimHeld as held:
+            say(f"{prefix}: held by another sweep ({held.holder}); skipped")
+            outcome.held.append(run.label)
+            progress.finished(run, None)
         except (CheckpointError, DatasetNotFoundError) as exc:
             raise UsageError(str(exc)) from None
-        except Exception as exc:  # a bug or a crash inside one run: record it, keep the sweep going
-            (run.run_dir / "error.log").write_text(traceback.format_exc())
-            record.status, record.failure = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in error.log)"
-            write_record(record, run.run_dir)
-        elapsed = time.perf_counter() - started
-        progress.finished(run, elapsed)
-        if record.status == "completed":
-            say(f"{prefix}: top-1 last {record.last_top1:.2f} best {record.best_top1:.2f} in {elapsed:.1f}s "
-                f"({record.images_per_s or 0:.0f} img/s) | {progress.eta()}")
-        else:
-            failures.append(run.label)
-            say(f"{prefix}: FAILED: {record.failure}")
 
     if not args.no_aggregate:
         from benchmark.aggregate import aggregate
 
         summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
         say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
-    if failures:
-        say(f"{len(failures)} run(s) failed: " + "; ".join(failures))
-        return 1
+    say(f"{outcome.completed} run(s) completed, {len(outcome.failed)} failed, {len(outcome.held)} held by another sweep")
+    if outcome.failed:
+        say(f"{len(outcome.failed)} run(s) failed: " + "; ".join(outcome.failed))
+        return EXIT_FAILED
+    if outcome.held:
+        say(f"{len(outcome.held)} run(s) held by another sweep: run the same command again once it has finished")
+        return EXIT_HELD
     return 0
+
+
+def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, num_data: int, progress: "Progress", outcome: SweepOutcome) -> None:
+    """One planned run, under its claim: skip, resume or start it, and record the outcome."""
+    from benchmark.checkpoints import CheckpointError
+    from benchmark.data import DatasetNotFoundError
+    from benchmark.runner import RunSpec, execute, new_record
+
+    state, record = existing_state(run)  # read only now that the run is ours
+    if state == "completed":
+        say(f"{prefix}: done before (top-1 last {record.last_top1:.2f}), skipped")
+        outcome.completed += 1
+        progress.finished(run, None)
+        return
+    if state == "failed" and not args.retry_failed:
+        say(f"{prefix}: failed before ({record.failure}); --retry-failed runs it again")
+        outcome.failed.append(run.label)
+        progress.finished(run, None)
+        return
+    if state == "interrupted" and not args.resume:
+        raise UsageError(f"{run.run_dir} holds an interrupted run; rerun with --resume to continue it")
+    if state == "failed":
+        (run.run_dir / "record.json").replace(run.run_dir / "record.failed.json")
+    teacher = teachers.get(run.pair.teacher) if run.method != BASELINE else None
+    spec = RunSpec(
+        suite=suite, pair=run.pair, method=run.method, recipe=run.recipe, seed=run.seed, run_dir=run.run_dir,
+        data_root=args.data_root, device=stage.device, num_workers=args.num_workers, deterministic=args.deterministic,
+        teacher_checkpoint=teacher.path if teacher else None,
+        teacher_checkpoint_sha256=teacher.sha256 if teacher else None,
+        teacher_top1=teacher.top1 if teacher else None,
+        extra={**run.extra, **({"teacher_source": teacher.source} if teacher else {})},
+        log_level="INFO" if args.verbose else "ERROR",
+    )
+    resume = state == "interrupted"
+    if record is None or not resume:
+        record = new_record(spec)
+    say(f"{prefix}: {'resuming' if resume else 'starting'} | {progress.eta()}")
+    started = time.perf_counter()
+    show = (lambda line: say("    " + line)) if (args.verbose or run.recipe.schedule.epochs >= 20) else None
+    try:
+        record = execute(spec, num_data, record, resume=resume, progress=show, say=say)
+    except (UsageError, CheckpointError, DatasetNotFoundError):
+        raise  # the user's to fix: one line, and the sweep stops
+    except Exception as exc:  # a bug or a crash inside one run: record it, keep the sweep going
+        (run.run_dir / "error.log").write_text(traceback.format_exc())
+        record.status, record.failure = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in error.log)"
+        write_record(record, run.run_dir)
+    elapsed = time.perf_counter() - started
+    progress.finished(run, elapsed)
+    if record.status == "completed":
+        outcome.completed += 1
+        say(f"{prefix}: top-1 last {record.last_top1:.2f} best {record.best_top1:.2f} in {elapsed:.1f}s "
+            f"({record.images_per_s or 0:.0f} img/s) | {progress.eta()}")
+    else:
+        outcome.failed.append(run.label)
+        say(f"{prefix}: FAILED: {record.failure}")
 
 
 if __name__ == "__main__":

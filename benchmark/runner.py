@@ -8,6 +8,7 @@ the community checkpoint format and writes the final run record.
 """
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -24,7 +25,15 @@ from mmengine.runner import Runner, set_random_seed
 import benchmark.data  # noqa: F401  (registers datasets and the preprocessor)
 import benchmark.distill_model  # noqa: F401  (registers DistillationModel)
 import benchmark.engine  # noqa: F401  (registers the metric and hooks)
-from benchmark.checkpoints import allow_mmengine_checkpoint_globals, save_community_checkpoint
+from benchmark import faults
+from benchmark.atomic import atomic_path
+from benchmark.atomic import write_text as atomic_write_text
+from benchmark.checkpoints import (
+    allow_mmengine_checkpoint_globals,
+    epoch_checkpoints,
+    newest_loadable_checkpoint,
+    save_community_checkpoint,
+)
 from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb
 from benchmark.records import RunRecord, write_record
 from benchmark.suites import Pair, ResolvedRecipe, Suite
@@ -189,6 +198,29 @@ def new_record(spec: RunSpec) -> RunRecord:
     )
 
 
+class AtomicCheckpointRunner(Runner):
+    """MMEngine's Runner whose checkpoints appear atomically.
+
+    MMEngine writes ``epoch_<k>.pth`` in place, so a kill during ``torch.save`` (or a full
+    disk) leaves a torn file under the final name. Here each checkpoint is written to a
+    hidden temporary file in the same directory, fsync'ed and renamed into place.
+    """
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
+        final = Path(out_dir) / filename
+        with atomic_path(final) as tmp:
+            super().save_checkpoint(str(tmp.parent), tmp.name, *args, **kwargs)
+
+
+def _set_aside_old_checkpoints(work_dir: Path, say: Callable[[str], Any]) -> None:
+    """A run that starts over must never resume later from an earlier attempt's checkpoint."""
+    old = epoch_checkpoints(work_dir)
+    for _epoch, path in old:
+        os.replace(path, path.with_name(path.name + ".abandoned"))
+    if old:
+        say(f"    earlier checkpoints in {work_dir} renamed *.abandoned (this run starts over)")
+
+
 def execute(
     spec: RunSpec,
     num_data: int,
@@ -196,21 +228,34 @@ def execute(
     resume: bool,
     progress: Callable[[str], Any] | None = None,
     hooks: Sequence[Hook] = (),
+    say: Callable[[str], Any] = print,
 ) -> RunRecord:
-    """Train one run to the end (or resume it); returns its completed or failed record.
+    """Train one run to the end, or continue it; returns its completed or failed record.
 
-    ``hooks`` are extra MMEngine hooks (e.g. an interruption in tests).
+    With ``resume``, training continues from the newest checkpoint that loads (torn ones
+    are set aside); without one, or without ``resume``, the run starts over with a fresh
+    record. ``hooks`` are extra MMEngine hooks (e.g. an interruption in tests).
     """
     save = lambda rec: write_record(rec, spec.run_dir)  # noqa: E731
     cfg = build_config(spec, num_data)
+    work_dir = Path(cfg.work_dir)
+    checkpoint = newest_loadable_checkpoint(work_dir, say) if resume else None
+    if checkpoint is None:
+        if resume:
+            say(f"    no checkpoint of {spec.run_dir} loads: the run starts over")
+        _set_aside_old_checkpoints(work_dir, say)
+        attempts = record.extra.get("attempts", 0)
+        record = new_record(spec)
+        record.extra["attempts"] = attempts
+    record.extra["attempts"] = record.extra.get("attempts", 0) + 1
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.dump(str(spec.run_dir / "config.py"))
+    atomic_write_text(spec.run_dir / "config.py", cfg.pretty_text)
     record.status, record.failure = "running", None
     save(record)
 
     # Built explicitly (not Runner.from_cfg) so every run gets a unique experiment name:
     # MMEngine keys its global logger / message hub / visualiser by that name.
-    runner = Runner(
+    runner = AtomicCheckpointRunner(
         model=cfg.model,
         work_dir=cfg.work_dir,
         train_dataloader=cfg.train_dataloader,
@@ -221,8 +266,9 @@ def execute(
         param_scheduler=cfg.param_scheduler,
         val_evaluator=cfg.val_evaluator,
         default_hooks=cfg.default_hooks,
-        custom_hooks=[dict(type="EpochTracker"), dict(type="NonFiniteLossGuard")],
-        resume=resume,
+        custom_hooks=[dict(type="EpochTracker"), dict(type="NonFiniteLossGuard"), dict(type="FaultPoints")],
+        load_from=str(checkpoint[1]) if checkpoint else None,
+        resume=checkpoint is not None,
         launcher="none",
         env_cfg=cfg.env_cfg,
         log_level=cfg.log_level,
@@ -231,26 +277,29 @@ def execute(
         cfg=cfg,
     )
     timing = StepTimingHook()
+    record_hook = RunRecordHook(record, save, progress)
     runner.register_hook(EpochSeeder(spec.seed))
-    runner.register_hook(RunRecordHook(record, save, progress))
+    runner.register_hook(record_hook)
     runner.register_hook(timing)
     for hook in hooks:
         runner.register_hook(hook)
     if spec.device != "cpu":
         runner.model.to(spec.device)
 
-    started = time.perf_counter()
     try:
         with allow_mmengine_checkpoint_globals():
             runner.train()
     except NonFiniteLossError as exc:
         record.status, record.failure = "failed", str(exc)
-    finally:
-        record.wall_time_s = round((record.wall_time_s or 0.0) + time.perf_counter() - started, 3)
-    if record.status == "failed":
-        save(record)
+        record_hook.write()
         return record
+    faults.fire("before_finalise", method=spec.method)
 
+    problem = record.curve_problem()
+    if problem:  # never call a run completed whose curve misses an epoch
+        record.status, record.failure = "failed", f"training ended with {problem}"
+        record_hook.write()
+        return record
     if timing.summary:
         record.images_per_s = timing.summary.pop("images_per_s")
         record.runtime = timing.summary
@@ -261,12 +310,12 @@ def execute(
     record.status = "completed"
     model = runner.model.module if hasattr(runner.model, "module") else runner.model
     save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
-    save(record)
+    record_hook.write()
     return record
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / "mmengine" / "last_checkpoint").is_file()
+    return bool(epoch_checkpoints(run_dir / "mmengine"))
 
 
 __all__ = ["RunSpec", "build_config", "execute", "new_record", "has_checkpoint", "environment", "STUDENT_EXPORT"]

@@ -20,6 +20,7 @@ from mmengine.dataset import default_collate
 from mmengine.registry import DATASETS, MODELS
 from torch.utils.data import DataLoader
 
+from benchmark.claims import ClaimHeld, claim
 from benchmark.checkpoints import CheckpointError, community_checkpoint_path, load_community_checkpoint, sha256_of
 from benchmark.models import build_model
 from benchmark.records import TEACHER_ROW, RecordError, read_record, write_record
@@ -28,11 +29,15 @@ from benchmark.suites import Pair, Suite
 TEACHER_SEED = 0
 
 
+COMMUNITY, TRAINED = "community", "trained"
+
+
 @dataclass
 class TeacherInfo:
     path: str
     sha256: str
     top1: float
+    source: str  # COMMUNITY (a checkpoint from --teachers) or TRAINED (by this suite)
 
 
 def _dataset_cfg(suite: Suite, split: str, data_root: str, download: bool) -> dict[str, Any]:
@@ -103,13 +108,39 @@ class TeacherStage:
         dataset = DATASETS.build(_dataset_cfg(self.suite, "train", self.args.data_root, self.args.download))
         return len(dataset)
 
-    def ensure(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
-        found = self.community_path(name)
-        if found:
-            return self._from_checkpoint(name, found, say)
-        return self._train(name, say)
+    def check_teacher_files(self, names: list[str]) -> None:
+        """With --teachers, every teacher the plan needs must be there: else stop before anything runs."""
+        from benchmark.run import UsageError
 
-    def _from_checkpoint(self, name: str, path: Path, say: Callable[[str], Any]) -> TeacherInfo:
+        if not self.args.teachers:
+            for name in names:
+                if not (self.run_dir(name) / "record.json").exists():
+                    print(f"teacher {name}: no --teachers given, so this sweep trains it with the {self.recipe} recipe "
+                          f"({self._recipe(name).schedule.epochs} epochs); published deltas need the community checkpoints", flush=True)
+            return
+        missing = [str(community_checkpoint_path(self.args.teachers, name)) for name in names if not self.community_path(name)]
+        if missing:
+            raise UsageError(f"--teachers {self.args.teachers} lacks {len(missing)} teacher checkpoint(s): {', '.join(missing)} "
+                             f"(layout <dir>/<name>_vanilla/ckpt_epoch_240.pth); omit --teachers to train them")
+
+    def ensure(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
+        """The teacher's checkpoint, evaluated or trained under the teacher run's claim.
+
+        Raises :class:`ClaimHeld` when another sweep is training this teacher. A community
+        checkpoint that another sweep is evaluating is evaluated here too, without writing.
+        """
+        found = self.community_path(name)
+        try:
+            with claim(self.run_dir(name), say):
+                if found:
+                    return self._from_checkpoint(name, found, say)
+                return self._train(name, say)
+        except ClaimHeld:
+            if not found:
+                raise
+            return self._from_checkpoint(name, found, say, write=False)
+
+    def _from_checkpoint(self, name: str, path: Path, say: Callable[[str], Any], write: bool = True) -> TeacherInfo:
         from benchmark.runner import RunSpec, new_record
 
         digest = sha256_of(path)
@@ -117,13 +148,15 @@ class TeacherStage:
         try:
             record = read_record(run_dir / "record.json")
             if record.teacher_checkpoint_sha256 == digest and record.status == "completed":
-                return TeacherInfo(str(path), digest, record.last_top1)
+                return TeacherInfo(str(path), digest, record.last_top1, COMMUNITY)
         except RecordError:
             pass
         model = build_model(name, self.suite.num_classes)
         load_community_checkpoint(model, path)
         say(f"teacher {name}: evaluating {path} on the test split")
         top1 = round(evaluate_top1(model, self.suite, self.args.data_root, self.device), 4)
+        if not write:
+            return TeacherInfo(str(path), digest, top1, COMMUNITY)
         spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, self._recipe(name), TEACHER_SEED, run_dir, device=self.device)
         record = new_record(spec)
         record.status, record.last_top1, record.best_top1 = "completed", top1, top1
@@ -131,11 +164,11 @@ class TeacherStage:
         record.extra["source"] = f"community checkpoint {path}"
         write_record(record, run_dir)
         say(f"teacher {name}: top-1 {top1:.2f} from {path}")
-        return TeacherInfo(str(path), digest, top1)
+        return TeacherInfo(str(path), digest, top1, COMMUNITY)
 
     def _train(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
         from benchmark.run import UsageError
-        from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, has_checkpoint, new_record
+        from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
 
         run_dir = self.run_dir(name)
         recipe = self._recipe(name)
@@ -152,20 +185,20 @@ class TeacherStage:
                 raise UsageError(f"{run_dir} holds a teacher of another recipe (hash {record.recipe_hash}, now {recipe.hash})")
             if record.status == "completed":
                 path = run_dir / STUDENT_EXPORT
-                return TeacherInfo(str(path), sha256_of(path), record.last_top1)
+                return TeacherInfo(str(path), sha256_of(path), record.last_top1, TRAINED)
             if record.status == "failed":
                 raise UsageError(f"teacher {name} failed to train ({record.failure}); see {run_dir}")
-            resume = has_checkpoint(run_dir)
+            resume = True
         if record is None or not resume:
             record = new_record(spec)
         say(f"teacher {name}: {'resuming' if resume else 'training'} ({recipe.schedule.epochs} epochs, CE) in {run_dir}")
         show = (lambda line: say("    " + line)) if (self.args.verbose or recipe.schedule.epochs >= 20) else None
-        record = execute(spec, self.num_train_samples(), record, resume=resume, progress=show)
+        record = execute(spec, self.num_train_samples(), record, resume=resume, progress=show, say=say)
         if record.status != "completed":
             raise UsageError(f"teacher {name} failed to train: {record.failure}")
         path = run_dir / STUDENT_EXPORT
         say(f"teacher {name}: top-1 {record.last_top1:.2f} ({record.wall_time_s:.1f}s)")
-        return TeacherInfo(str(path), sha256_of(path), record.last_top1)
+        return TeacherInfo(str(path), sha256_of(path), record.last_top1, TRAINED)
 
 
 __all__ = ["TeacherStage", "TeacherInfo", "evaluate_top1", "CheckpointError"]

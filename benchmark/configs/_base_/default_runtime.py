@@ -10,8 +10,9 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    # Every epoch, keeping only the newest: enough to resume an interrupted run.
-    checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=1, save_last=True),
+    # Every epoch, keeping the two newest: MMEngine deletes the oldest before writing the
+    # next, so a complete previous checkpoint is always there if the newest is torn.
+    checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 randomness = dict(seed=0, deterministic=False)
