@@ -199,12 +199,18 @@ def test_digits_images_are_upscaled_real_digits(digits: dict[str, DigitsDistill]
     assert item["target"] == int(source.target[test.source_indices[5]])
     small = torch.tensor(source.images[test.source_indices[5]], dtype=torch.float32)[None, None]
     expected = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
+    # Exact although the dataset interpolates the whole split in one batch and scales by
+    # 255/16 in one multiply: pixels are integers 0..16 and the 4x bilinear weights are
+    # multiples of 1/8, so every intermediate (≤ 4080 in steps of 1/64) is exact in float32
+    # in any order, and both sides round the same exact value.
     assert torch.equal(item["inputs"][0], (expected[0, 0] * 255 / 16).round().to(torch.uint8))
     assert int(test.images.max()) == 255 and int(test.images.min()) == 0
 
 
 def test_digits_constants_match_the_train_split() -> None:
     mean, std = digits_train_statistics()
+    # Constants stored to 6 decimals (≤ 5e-7) vs a float64 reduction over 1.5M pixels
+    # (≲ 1e-10): atol 1e-6 (+ numpy's default rtol 1e-5); a different split moves them by ≥ 1e-4.
     assert np.allclose(mean, DIGITS_MEAN, atol=1e-6) and np.allclose(std, DIGITS_STD, atol=1e-6)
 
 
@@ -370,6 +376,10 @@ def _batch(n: int = 8) -> dict[str, object]:
     return default_collate(items)
 
 
+# The preprocessor's normalisation vs torchvision's ToTensor + Normalize: two float32
+# computations of (x/255 − mean)/std, a few roundings of values |·| ≤ 2.1 (ulp 2.4e-7):
+# torch.allclose with atol 1e-6 (+ its default rtol 1e-5) covers them; a wrong mean/std or
+# channel order is off by ≥ 1e-2. The uint8 crops and flips above stay exact.
 def _normalised(inputs: torch.Tensor) -> torch.Tensor:
     return torch.stack([TF.normalize(image.float().div(255), CIFAR100_MEAN, CIFAR100_STD)  # ToTensor + Normalize
                         for image in inputs])

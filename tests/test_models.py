@@ -396,7 +396,7 @@ def test_seeded_builds_are_identical() -> None:
     first = build_model("wrn_16_1").state_dict()
     torch.manual_seed(3)
     second = build_model("wrn_16_1").state_dict()
-    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert all(torch.equal(first[key], second[key]) for key in first)  # determinism: exact
 
 
 # --- per model: architecture and checkpoints ---------------------------------------------
@@ -417,6 +417,9 @@ def test_architecture_matches_reference(name: str) -> None:
 
 
 def _close(actual: float, expected: float, scale: float) -> bool:
+    """Golden values come from other code on another CPU, in float32 through up to 110 layers,
+    stored to 6 significant digits (5e-7): 1e-4 of the value's scale covers their rounding
+    (observed here: ≤ 2% of it) while any change in forward order moves them by ≥ 1e-2."""
     return abs(actual - expected) <= 1e-4 * (abs(scale) + abs(expected))
 
 
@@ -471,6 +474,8 @@ def test_checkpoint_round_trip_is_exact(name: str) -> None:
     restored = build_model(name).eval()
     restored.load_state_dict(checkpoint["model"], strict=True)
     x = sample_batch()
+    # Exact on purpose: the same module code, bit-identical weights (a saved copy), the same
+    # input and thread count in one process, so the very same kernels run on both.
     with torch.no_grad():
         assert torch.equal(restored(x), source(x))
 
@@ -511,7 +516,9 @@ def test_hint_and_embedding_taps(name: str) -> None:
         assert logits.shape == (2, 100)
         assert hint.dim() == 4 and hint.shape[0] == 2
         assert embedding.dim() == 2 and embedding.shape[0] == 2
-        # The embedding is exactly what the final linear layer turns into the logits.
+        # The embedding is exactly what the final linear layer turns into the logits: the tap
+        # holds that layer's own input tensor, so re-applying the layer runs the same op on the
+        # same tensor, bit for bit (exact on purpose).
         assert torch.equal(final_linear(model, name)(embedding), logits)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     if name in EXPECTED_TAP_SHAPES:
@@ -544,7 +551,7 @@ def test_relu_tap_is_out_of_place_and_gradients_flow() -> None:
         model(x)
     raw, activated = recorder.features["raw"], recorder.features["activated"]
     assert (raw < 0).any(), "the raw block output must keep its negatives"
-    assert torch.equal(activated, F.relu(raw))
+    assert torch.equal(activated, F.relu(raw))  # exact: max(x, 0) has no rounding
     activated.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
 
@@ -555,7 +562,7 @@ def test_input_tap_and_per_forward_reset() -> None:
     with torch.no_grad(), FeatureRecorder(model, taps) as recorder:
         model(sample_batch(seed=0))
         first = recorder.features
-        assert torch.equal(first["stage3_in"], first["stage2_out"])
+        assert torch.equal(first["stage3_in"], first["stage2_out"])  # one tensor seen by two hooks
         model(sample_batch(seed=1))
         assert recorder.features is not first
         assert not torch.equal(recorder.features["stage2_out"], first["stage2_out"])
@@ -666,4 +673,8 @@ def test_forward_matches_functional_restatement(
         expected = functional(x, model.state_dict())
         actual = model(x)
     max_difference = (actual - expected).abs().max().item()
+    # Two computations in float32: the restatement pools with mean() where the modules use
+    # avg_pool2d / AdaptiveAvgPool2d (a 64-term reduction in another order) and feeds a
+    # 64-512-input fc: ≲ (64 + 512)·eps32 ≈ 7e-5 relative, logits ~1: rtol 1e-4, atol 1e-5
+    # (observed ≤ 5e-7). A wrong ReLU placement or shortcut changes the logits by ≥ 1e-2.
     assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-5), max_difference
