@@ -1,0 +1,163 @@
+"""A run interrupted at any point and resumed leaves exactly the record of an uninterrupted run.
+
+The interruption points are those of the correctness issue: mid-epoch; after an epoch's
+checkpoint but before its validation (a middle epoch and the last one); after the last
+validation but before the record is finalised. Plus a torn newest checkpoint. Each uses
+the fault points of :mod:`benchmark.faults` (raised in-process as Ctrl-C would be).
+
+Comparisons are exact: the resumed and the uninterrupted run execute the same operations on
+the same inputs in the same process (every epoch reseeds every RNG), so any difference is a bug.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark import faults
+from benchmark.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.models import build_model
+from benchmark.records import RecordError, RunRecord, read_record
+from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
+from benchmark.suites import Pair, get_suite
+
+SUITE = get_suite("digits")
+PAIR = Pair("small_cnn_w32", "small_cnn_w8")
+EPOCHS = 3
+N_TRAIN = 1438  # the digits training split
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teachers") / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth"
+    save_community_checkpoint(build_model("small_cnn_w32", 10), path)
+    return path
+
+
+def spec_for(method: str, run_dir: Path, teacher: Path) -> RunSpec:
+    recipe = SUITE.resolve("unified", PAIR, method)
+    recipe.schedule = recipe.schedule.with_epochs(EPOCHS)
+    return RunSpec(suite=SUITE, pair=PAIR, method=method, recipe=recipe, seed=0, run_dir=run_dir,
+                   teacher_checkpoint=str(teacher), teacher_checkpoint_sha256="test", num_workers=0)
+
+
+def interrupt_at(monkeypatch, point: str, **wanted) -> None:
+    """Make faults.fire raise KeyboardInterrupt (what SIGINT does) once at ``point``."""
+    state = {"done": False}
+
+    def fire(name: str, **context) -> None:
+        if name == point and not state["done"] and all(context.get(k) == v for k, v in wanted.items()):
+            state["done"] = True
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "fire", fire)
+
+
+def comparable(record: RunRecord) -> tuple:
+    curve = [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve]
+    return record.status, curve, record.last_top1, record.best_top1, record.best_epoch, record.last_top5
+
+
+def students_equal(a: Path, b: Path) -> None:
+    left = torch.load(a / STUDENT_EXPORT, weights_only=True)["model"]
+    right = torch.load(b / STUDENT_EXPORT, weights_only=True)["model"]
+    assert left.keys() == right.keys()
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(teacher_file, tmp_path_factory) -> dict[str, tuple[RunRecord, Path]]:
+    done = {}
+    for method in ("crd", "kd"):
+        run_dir = tmp_path_factory.mktemp(f"straight-{method}")
+        spec = spec_for(method, run_dir, teacher_file)
+        done[method] = execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None), run_dir
+    return done
+
+
+POINTS = [
+    ("mid_epoch", {"epoch": 2, "iter": 3}),
+    ("after_checkpoint", {"epoch": 2}),  # a middle epoch: checkpoint on disk, never validated
+    ("after_checkpoint", {"epoch": EPOCHS}),  # the last one: training is over when it resumes
+    ("before_finalise", {}),  # every epoch validated, the record still 'running'
+]
+
+
+@pytest.mark.parametrize("method", ["crd", "kd"])
+@pytest.mark.parametrize("point,where", POINTS, ids=["mid-epoch", "ckpt-before-val-mid", "ckpt-before-val-last", "before-finalise"])
+def test_resumed_record_equals_the_uninterrupted_one(method, point, where, uninterrupted, teacher_file, tmp_path, monkeypatch):
+    if method == "kd" and point == "mid_epoch":
+        pytest.skip("kd is covered at the checkpoint points; crd (with its memory bank) at all four")
+    reference, reference_dir = uninterrupted[method]
+    spec = spec_for(method, tmp_path, teacher_file)
+    interrupt_at(monkeypatch, point, **where)
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None)
+    partial = read_record(tmp_path / "record.json")
+    assert partial.status == "running"
+
+    resumed = execute(spec, N_TRAIN, partial, resume=True, say=lambda _l: None)
+    assert comparable(resumed) == comparable(reference)
+    assert comparable(read_record(tmp_path / "record.json")) == comparable(reference)
+    students_equal(tmp_path, reference_dir)
+    # Time and throughput cover the training behind the final weights, over both attempts.
+    assert resumed.extra["attempts"] == 2
+    assert resumed.wall_time_s > 0 and resumed.images_per_s > 0
+    assert resumed.runtime["measured_iterations"] >= reference.runtime["measured_iterations"] - 5
+
+
+def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(uninterrupted, teacher_file, tmp_path, monkeypatch):
+    reference, reference_dir = uninterrupted["crd"]
+    spec = spec_for("crd", tmp_path, teacher_file)
+    interrupt_at(monkeypatch, "after_checkpoint", epoch=EPOCHS)
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None)
+    checkpoints = epoch_checkpoints(tmp_path / "mmengine")
+    assert [epoch for epoch, _ in checkpoints] == [3, 2]  # the previous one is kept
+    newest = checkpoints[0][1]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # what a kill during torch.save leaves
+
+    lines: list[str] = []
+    resumed = execute(spec, N_TRAIN, read_record(tmp_path / "record.json"), resume=True, say=lines.append)
+    assert comparable(resumed) == comparable(reference)
+    students_equal(tmp_path, reference_dir)
+    assert (tmp_path / "mmengine" / "epoch_3.pth.unreadable").is_file()  # set aside, not deleted
+    assert any("does not load" in line and "set aside" in line for line in lines)
+
+
+def test_no_loadable_checkpoint_starts_over_and_says_so(uninterrupted, teacher_file, tmp_path, monkeypatch):
+    reference, reference_dir = uninterrupted["kd"]
+    spec = spec_for("kd", tmp_path, teacher_file)
+    interrupt_at(monkeypatch, "after_checkpoint", epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None)
+    (tmp_path / "mmengine" / "epoch_1.pth").write_bytes(b"torn")
+    lines: list[str] = []
+    resumed = execute(spec, N_TRAIN, read_record(tmp_path / "record.json"), resume=True, say=lines.append)
+    assert comparable(resumed) == comparable(reference)
+    students_equal(tmp_path, reference_dir)
+    assert any("starts over" in line for line in lines)
+
+
+def test_checkpoints_are_written_atomically(uninterrupted, teacher_file, tmp_path, monkeypatch):
+    """A kill after the checkpoint bytes are written but before the rename leaves no epoch file."""
+    spec = spec_for("kd", tmp_path, teacher_file)
+    interrupt_at(monkeypatch, "before_rename", file="epoch_2.pth")
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None)
+    names = sorted(p.name for p in (tmp_path / "mmengine").iterdir() if p.name.endswith((".pth", ".partial")))
+    assert names == ["epoch_1.pth"]  # no epoch_2.pth under its final name, and the partial file was removed
+
+
+def test_a_completed_record_with_a_hole_is_refused(uninterrupted, tmp_path):
+    reference, _ = uninterrupted["kd"]
+    holed = RunRecord.from_dict(reference.to_dict())
+    holed.curve = [p for p in holed.curve if p.epoch != 2]
+    (tmp_path / "record.json").write_text(__import__("json").dumps(holed.to_dict()))
+    with pytest.raises(RecordError, match=r"hole in its curve: epoch\(s\) 2 of 1..3 never validated"):
+        read_record(tmp_path / "record.json")
+    holed.status = "running"  # an unfinished run may have a partial curve
+    assert RunRecord.from_dict(holed.to_dict()).status == "running"
