@@ -157,6 +157,25 @@ def _links(paths: Sequence[Path], start: Path) -> str:
     return " · ".join(f"[{p.suffix[1:]}]({_rel(p, start)})" for p in paths)
 
 
+def _teachers_item(table) -> str:
+    """One line: how many pairs used the community teacher checkpoint, a trained one, or an unknown one."""
+    from benchmark.report.tables import SECTION
+
+    counts: dict[str, int] = {}
+    for pair in table.pairs:
+        teacher = table.teachers.get(pair)
+        kinds = teacher.kinds if teacher is not None else ("unknown",)
+        key = kinds[0] if len(kinds) == 1 else "mixed"
+        counts[key] = counts.get(key, 0) + 1
+    words = {"community": "the community checkpoint", "trained": "trained by the suite", "unknown": "unknown",
+             "mixed": "mixed"}
+    parts = [f"{words[k]} for {counts[k]} pair(s)" for k in ("community", "trained", "unknown", "mixed") if k in counts]
+    line = "Teachers: " + ", ".join(parts)
+    if set(counts) - {"community"}:
+        line += f"; a Δ vs published is marked {SECTION} (not comparable) where the teacher is not the community one"
+    return line
+
+
 def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, complexity: list[Path],
                   tables_dir: Path, reports_dir: Path) -> list[Block]:
     blocks: list[Block] = [("h1", "Knowledge-distillation benchmark results")]
@@ -170,6 +189,8 @@ def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, compl
             words = "last epoch (default)" if table.statistic == "last" else "best epoch"
             paths = [tables_dir / f"{table.stem}.{ext}" for ext in ("md", "tex", "csv")]
             items.append(f"Table, top-1 at the {words}: {_links(paths, reports_dir)}")
+        if suite_tables:
+            items.append(_teachers_item(suite_tables[0]))
         for name, paths in suite_plots:
             items.append(f"{name}: {_links(paths, reports_dir)}")
         items += [f"Note: {note}" for note in notes]

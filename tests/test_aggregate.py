@@ -9,6 +9,7 @@ intended change::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,13 +31,19 @@ from benchmark.report.load import load_records
 from benchmark.report.tables import build_suite_tables, suite_pair_order, welch_p
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tidy CSV prints floats with "%.4f": a number read back from it is within half a unit of
+# the 4th decimal (5e-5) of the float64 the tables computed (whose own rounding error, a mean
+# or std of <= 3 values near 100, is ~1e-13), so 5e-5 + a margin is the tolerance against
+# a value computed here another way.
+CSV_TOL = 1e-4
 FIXTURES = ROOT / "tests" / "fixtures" / "records"
 GOLDEN = ROOT / "tests" / "golden" / "aggregate"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 P1 = ("resnet56", "resnet20")  # has teacher runs, the batch-size ablation and runtime
 P2 = ("wrn_40_2", "wrn_16_2")  # no teacher runs: the teacher column comes from teacher_top1
-CIFAR = ("resnet32x4", "resnet8x4")  # has published numbers (CRD / DKD papers)
+CIFAR = ("resnet32x4", "resnet8x4")  # has published numbers (CRD / DKD papers); teacher trained by the suite
+CIFAR_COMMUNITY = ("resnet56", "resnet20")  # has published numbers; the community teacher checkpoint
 
 # Last-epoch top-1 per seed. P1: DKD best, CRD inseparable (p = 0.35), KD separated (p = 0.02).
 # P2: CKD best, DKD inseparable (p = 0.10), CRD separated (p = 0.014).
@@ -48,6 +55,9 @@ FIXTURE_VALUES = {
 }
 CIFAR_VALUES = {"teacher": [79.30, 79.50, 79.45], "ce": [72.40, 72.60, 72.55], "kd": [73.50, 73.70, 73.40],
                 "fitnet": [73.20], "dkd": [76.00, 76.20, 76.10], "ckd": [76.30, 76.10, 76.40]}
+# CIFAR_COMMUNITY's teacher: one teacher row evaluated from the community file (no curve).
+CIFAR_COMMUNITY_VALUES = {"teacher": [72.34], "ce": [69.10, 69.30], "kd": [70.40, 70.70]}
+COMMUNITY_SHA = hashlib.sha256(b"community resnet56_vanilla/ckpt_epoch_240.pth").hexdigest()
 RUNTIME = {"data_wait_ms": 1.5, "teacher_forward_ms": 3.0, "student_forward_backward_ms": 9.0,
            "distill_loss_ms": 0.5, "peak_memory_mb": 812.0}
 
@@ -88,8 +98,24 @@ def build_fixture_records(root: Path) -> None:
     for method, values in CIFAR_VALUES.items():
         for seed, last in enumerate(values):
             names = (CIFAR[0], CIFAR[0]) if method == "teacher" else CIFAR
+            # Teacher rows trained by the suite (no source): the Δ of this pair are marked not comparable.
             synthetic.write(root, make_record("cifar100", *names, method, seed, last, epochs=8,
                                               teacher_top1=None if method == "teacher" else 79.42))
+    # A pair whose teacher is the community checkpoint, recorded as benchmark/teachers.py does: the
+    # file's sha256, a source, no curve; the distillation runs carry the same sha256 (the KD runs also
+    # say extra["teacher_source"], the CE runs leave it to be derived from the sha256).
+    for method, values in CIFAR_COMMUNITY_VALUES.items():
+        for seed, last in enumerate(values):
+            names = (CIFAR_COMMUNITY[0], CIFAR_COMMUNITY[0]) if method == "teacher" else CIFAR_COMMUNITY
+            record = make_record("cifar100", *names, method, seed, last, epochs=8,
+                                 teacher_top1=None if method == "teacher" else 72.34,
+                                 extra={"teacher_source": "community"} if method == "kd" else None)
+            record.teacher_checkpoint_sha256 = COMMUNITY_SHA
+            if method == "teacher":
+                record.curve, record.best_top1, record.best_epoch, record.teacher_top1 = [], last, None, last
+                record.last_top5 = record.best_top5 = record.wall_time_s = record.images_per_s = None
+                record.extra["source"] = "community checkpoint teachers/resnet56_vanilla/ckpt_epoch_240.pth"
+            synthetic.write(root, record)
     # What must be skipped and counted.
     bad = root / "fixture" / "unified" / "resnet56-resnet20"
     corrupt = bad / "kd" / "seed3" / "record.json"
@@ -162,6 +188,43 @@ def test_golden_tables(agg, name):
     assert produced == golden.read_bytes(), f"{name} differs from its golden file; UPDATE_GOLDEN=1 to accept"
 
 
+def test_golden_numbers_are_robust_to_the_machine():
+    """The golden files were written on one machine and are compared byte for byte on others.
+
+    That is sound only if no printed digit or mark depends on the last bits of a float64
+    computation (numpy's mean / std of <= 3 values near 100, scipy's Welch p-value), which
+    may differ by a few ulps (~1e-13 here) between CPUs or library builds. So every printed
+    number must be far (> 1e-6 in units of its last printed decimal) from a rounding
+    boundary, every p-value far (> 1e-6) from ALPHA, and the best mean of a pair clear of
+    the runner-up by > 1e-9 (or exactly equal to it).
+    """
+    import math
+
+    from benchmark.report.tables import ALPHA
+
+    published = load_published()
+    loaded = load_records([FIXTURES]).records
+    for suite in sorted(set(loaded["suite"])):
+        runs = loaded[(loaded["suite"] == suite) & ~loaded["ablation"].astype(bool)]
+        for table in build_suite_tables(runs, suite, published, suite_pair_order(suite)):
+            for row in table.rows:
+                for pair, cell in row.cells.items():
+                    for what, value in (("mean", cell.mean), ("std", cell.std), ("delta", cell.delta)):
+                        if value is None or not math.isfinite(value):
+                            continue
+                        for decimals in (2, 4):  # md / tex print 2 decimals, the CSV 4
+                            scaled = abs(value) * 10 ** decimals
+                            gap = abs(scaled - math.floor(scaled) - 0.5)
+                            assert gap > 1e-6, (suite, table.statistic, row.label, pair, what, value, decimals)
+                    if cell.p_value is not None:
+                        assert abs(cell.p_value - ALPHA) > 1e-6, (suite, row.label, pair, cell.p_value)
+            for pair in table.pairs:
+                means = sorted((r.cells[pair].mean for r in table.rows if not r.is_header and pair in r.cells),
+                               reverse=True)
+                if len(means) > 1:
+                    assert means[0] == means[1] or means[0] - means[1] > 1e-9, (suite, pair, means[:2])
+
+
 def test_written_files(agg):
     summary, out = agg
     assert summary.suites == ["cifar100", "fixture"]
@@ -177,7 +240,7 @@ def test_bad_records_are_skipped_and_counted(agg):
     summary, _ = agg
     assert (summary.skipped_corrupt, summary.failed, summary.running, summary.duplicates) == (2, 1, 1, 0)
     n_good = sum(len(v) for m in FIXTURE_VALUES.values() for v in m.values()) + 12 + sum(
-        len(v) for v in CIFAR_VALUES.values())
+        len(v) for v in CIFAR_VALUES.values()) + sum(len(v) for v in CIFAR_COMMUNITY_VALUES.values())
     assert summary.loaded == n_good
     assert summary.found == n_good + 4
     reasons = {Path(p).parent.parent.name + "/" + kind: reason for p, kind, reason in summary.skipped}
@@ -217,6 +280,7 @@ def test_duplicates_and_garbage_never_crash(tmp_path):
 
 def test_welch_p():
     assert welch_p([1.0], [1.0, 2.0]) is None
+    # Exact: with no variance welch_p returns these constants, it computes nothing.
     assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0  # no variance, same mean: inseparable
     assert welch_p([1.0, 1.0], [2.0, 2.0]) == 0.0  # no variance, different means: separated
     assert 0.3 < welch_p([71.0, 71.6, 70.7], [71.4, 71.55, 71.3]) < 0.4
@@ -268,14 +332,15 @@ def test_delta_against_published(agg):
     _, out = agg
     last, best = _csv(out, "cifar100_last"), _csv(out, "cifar100_best")
     kd = _row(last, CIFAR, "kd")
-    assert float(kd["published"]) == pytest.approx(73.33)
-    assert float(kd["delta"]) == pytest.approx((73.50 + 73.70 + 73.40) / 3 - 73.33, abs=1e-4)
-    assert float(_row(last, CIFAR, "teacher")["delta"]) == pytest.approx(79.4167 - 79.42, abs=1e-3)
-    assert float(_row(last, CIFAR, "ce")["published"]) == pytest.approx(72.50)  # 'student' -> ce
+    assert float(kd["published"]) == pytest.approx(73.33, abs=CSV_TOL)  # printed "%.4f"
+    assert float(kd["delta"]) == pytest.approx((73.50 + 73.70 + 73.40) / 3 - 73.33, abs=CSV_TOL)
+    assert float(_row(last, CIFAR, "teacher")["delta"]) == pytest.approx((79.30 + 79.50 + 79.45) / 3 - 79.42,
+                                                                         abs=CSV_TOL)
+    assert float(_row(last, CIFAR, "ce")["published"]) == pytest.approx(72.50, abs=CSV_TOL)  # 'student' -> ce
     # DKD is published at the best epoch: compared in the best table only.
     assert _row(last, CIFAR, "dkd")["delta"] == ""
     dkd_best = _row(best, CIFAR, "dkd")
-    assert float(dkd_best["delta"]) == pytest.approx(76.40 - 76.32, abs=1e-4)  # best = last + 0.3
+    assert float(dkd_best["delta"]) == pytest.approx(76.40 - 76.32, abs=CSV_TOL)  # best = last + 0.3
     assert _row(best, CIFAR, "kd")["published"] == ""
     # CKD: no published number, never invented.
     assert _row(last, CIFAR, "ckd")["published"] == "" and _row(best, CIFAR, "ckd")["delta"] == ""
@@ -285,6 +350,24 @@ def test_delta_against_published(agg):
     assert "Published numbers at the best epoch exist for DKD (compared in cifar100_best)" in md
     fixture_md = (out / "tables" / "fixture_last.md").read_text()
     assert "Δ: no published numbers at the last epoch" in fixture_md and "Δ vs published" not in fixture_md
+
+
+def test_teacher_source_and_delta_mark(agg):
+    _, out = agg
+    last = _csv(out, "cifar100_last")
+    community = COMMUNITY_SHA[:12]
+    # CIFAR_COMMUNITY: the CE runs are derived community from their sha256, the KD runs say so.
+    assert [(_row(last, CIFAR_COMMUNITY, m)["teacher_source"], _row(last, CIFAR_COMMUNITY, m)["delta_comparable"])
+            for m in ("teacher", "ce", "kd")] == [("community", "True"), ("", "True"), ("community", "True")]
+    assert [_row(last, CIFAR, m)["delta_comparable"] for m in ("teacher", "ce", "kd", "fitnet", "dkd")] == [
+        "False", "True", "False", "False", ""]
+    md = (out / "tables" / "cifar100_last.md").read_text()
+    assert f"| Teacher source | community {community} |   trained, top-1 79.42 |" in md
+    assert "+0.20 (73.33 [1])§" in md and "-0.11 (70.66 [1]) " in md  # KD: trained teacher vs community
+    assert "+0.02 (72.50 [1]) " in md  # the Student row is never marked
+    fixture_md = (out / "tables" / "fixture_last.md").read_text()
+    assert "| Teacher source | trained, top-1 72.25 |              unknown |" in fixture_md
+    assert "§" not in fixture_md  # no Δ in that suite, no mark
 
 
 def test_published_numbers():
@@ -318,12 +401,13 @@ def test_teacher_from_teacher_top1_and_column_order(agg):
     _, out = agg
     frame = _csv(out, "fixture_last")
     teacher = _row(frame, P2, "teacher")
-    assert (teacher["values_from"], float(teacher["mean"]), int(teacher["n"])) == ("teacher_top1", 75.61, 1)
+    assert (teacher["values_from"], int(teacher["n"])) == ("teacher_top1", 1)
+    assert float(teacher["mean"]) == pytest.approx(75.61, abs=CSV_TOL)  # printed "%.4f"
     assert _row(frame, P1, "teacher")["values_from"] == "runs"
     md = (out / "tables" / "fixture_last.md").read_text()
     assert md.index("resnet56→resnet20") < md.index("wrn_40_2→wrn_16_2")
     rows = [line.split("|")[1].strip() for line in md.split("Notes:")[0].splitlines() if line.startswith("| ")]
-    assert rows[1:] == ["Teacher", "Student", "KD", "CRD", "DKD", "CKD"]
+    assert rows[1:] == ["Teacher", "Teacher source", "Student", "KD", "CRD", "DKD", "CKD"]
 
 
 # --------------------------------------------------------------------------- determinism and plots

@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.atomic import write_text
+
 Block = tuple[Any, ...]
 
 _INLINE = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)|\*\*(.+?)\*\*|`([^`]+)`")
@@ -82,6 +84,6 @@ def render_html(blocks: list[Block], title: str) -> str:
 def write_index(blocks: list[Block], reports_dir: Path, title: str) -> list[Path]:
     reports_dir.mkdir(parents=True, exist_ok=True)
     md, page = reports_dir / "index.md", reports_dir / "index.html"
-    md.write_text(render_markdown(blocks), encoding="utf-8", newline="\n")
-    page.write_text(render_html(blocks, title), encoding="utf-8", newline="\n")
+    write_text(md, render_markdown(blocks))  # atomic: an interrupted aggregation leaves no half page
+    write_text(page, render_html(blocks, title))
     return [md, page]

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from benchmark.records import RECORD_FILE, RecordError, read_record
+from benchmark.records import RECORD_FILE, TEACHER_ROW, RecordError, read_record
 
 log = logging.getLogger("benchmark.aggregate")
 
@@ -19,9 +19,15 @@ RUNTIME_KEYS = ("data_wait_ms", "teacher_forward_ms", "student_forward_backward_
 # Keys of ``env`` that describe the runs' environment in the index (hostname is left out on purpose).
 ENV_SKIP = ("hostname",)
 
+# Values of ``teacher_source``: the teacher was the community checkpoint (RepDistiller /
+# mdistiller ``cifar_teachers.tar``) or trained by the suite; "" = not recorded in the record
+# itself (the tables then derive it from the teacher rows, see report.tables.teacher_kinds).
+COMMUNITY, TRAINED = "community", "trained"
+COMMUNITY_SOURCE_PREFIX = "community checkpoint"  # extra["source"] of a teacher row loaded from a checkpoint
+
 COLUMNS = (
     "path", "suite", "teacher", "student", "method", "recipe", "recipe_hash", "seed", "epochs",
-    "batch_size", "lr", "last_top1", "best_top1", "best_epoch", "teacher_top1", "teacher_ckpt",
+    "batch_size", "lr", "last_top1", "best_top1", "best_epoch", "teacher_top1", "teacher_ckpt", "teacher_source",
     "wall_time_s", "images_per_s", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
     "ablation", "base_batch_size", "base_lr", "lr_rule", "curve_epoch", "curve_top1",
 )
@@ -85,6 +91,23 @@ def _str(value: Any, default: str = "") -> str:
     return value
 
 
+def recorded_teacher_source(method: str, extra: dict[str, Any]) -> str:
+    """What a record itself says of its teacher: "community", "trained" or "" (not said).
+
+    ``extra["teacher_source"]`` when it holds one of the two values; else, for a teacher
+    row (method ``teacher``), "community" when it was loaded from a community checkpoint
+    (``extra["source"] = "community checkpoint <path>"``) and "trained" otherwise (a
+    teacher row without that source is the teacher's own training run).
+    """
+    said = extra.get("teacher_source")
+    if isinstance(said, str) and said.strip().lower() in (COMMUNITY, TRAINED):
+        return said.strip().lower()
+    if method == TEACHER_ROW:
+        source = extra.get("source")
+        return COMMUNITY if isinstance(source, str) and source.startswith(COMMUNITY_SOURCE_PREFIX) else TRAINED
+    return ""
+
+
 def _row(path: Path, rec) -> dict[str, Any]:
     """Flatten one completed record; raises TypeError/ValueError on malformed fields."""
     curve = rec.curve
@@ -114,6 +137,7 @@ def _row(path: Path, rec) -> dict[str, Any]:
         "best_epoch": _float(rec.best_epoch),
         "teacher_top1": _float(rec.teacher_top1),
         "teacher_ckpt": _str(rec.teacher_checkpoint_sha256),
+        "teacher_source": recorded_teacher_source(rec.method, extra),
         "wall_time_s": _float(rec.wall_time_s),
         "images_per_s": _float(rec.images_per_s),
         "has_runtime": bool(runtime) and all(k in runtime for k in RUNTIME_KEYS),

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from benchmark.atomic import atomic_path
 from benchmark.records import STUDENT_ROW, TEACHER_ROW
 
 from .load import RUNTIME_KEYS
@@ -91,9 +92,11 @@ def save(fig: Figure, reports_dir: Path, stem: str) -> list[Path]:
     reports_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_name(stem)
     png, svg = reports_dir / f"{stem}.png", reports_dir / f"{stem}.svg"
-    with matplotlib.rc_context(RC):
-        fig.savefig(png, format="png", metadata=PNG_METADATA)
-        fig.savefig(svg, format="svg", metadata=SVG_METADATA)
+    with matplotlib.rc_context(RC):  # atomic writes: an interrupted aggregation leaves no half image
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, format="png", metadata=PNG_METADATA)
+        with atomic_path(svg) as tmp:
+            fig.savefig(tmp, format="svg", metadata=SVG_METADATA)
     return [png, svg]
 
 

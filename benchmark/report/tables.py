@@ -6,6 +6,12 @@ method with ``mean ± std (n)`` over seeds. Per pair the best method is bold and
 the methods that a Welch t-test over seeds cannot separate from it carry a
 dagger. A Δ block compares with the published number of the same suite, pair
 and method for the same statistic (last epoch / best epoch).
+
+Every table says which teacher each pair used (the "Teacher source" row and the
+CSV's ``teacher_source`` / ``teacher_sha256`` columns): the community checkpoint
+(sha256 prefix) or a teacher trained by the suite (its top-1). The published numbers
+were obtained with the community teachers, so the Δ of a run whose teacher was not
+the community one is marked § (not comparable).
 """
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind
 
+from benchmark.atomic import write_text
 from benchmark.records import STUDENT_ROW, TEACHER_ROW
 
+from .load import COMMUNITY, TRAINED
 from .published import Published, PublishedTable
 
 Pair = tuple[str, str]  # (teacher, student)
@@ -34,9 +42,14 @@ STATISTICS = {"last": ("last_top1", "last epoch"), "best": ("best_top1", "best e
 ALPHA = 0.05
 DEFAULT_RECIPE = "unified"
 CSV_COLUMNS = ("suite", "statistic", "recipe", "epochs", "teacher", "student", "method", "mean", "std", "n",
-               "published", "delta", "best", "indistinguishable_from_best", "values_from")
+               "published", "delta", "best", "indistinguishable_from_best", "values_from",
+               "teacher_source", "teacher_sha256", "delta_comparable")
 
 DAGGER, DDAGGER, PM, ARROW, DASH = "†", "‡", "±", "→", "–"
+SECTION = "§"  # a Δ whose runs did not use the community teacher: not comparable with the published number
+UNKNOWN = "unknown"
+SHA_PREFIX = 12  # hex digits of a checkpoint's sha256 shown in the tables
+TEACHER_SOURCE_LABEL = "Teacher source"
 
 
 def safe_name(text: str) -> str:
@@ -85,10 +98,21 @@ class Cell:
     p_value: float | None = None
     published: Published | None = None
     source_ref: int | None = None
+    # Teacher of the cell's runs: "community", "trained", "unknown", or several joined by "+";
+    # "" for a row that uses no teacher (the student trained alone).
+    teacher_source: str = ""
+    teacher_shas: tuple[str, ...] = ()  # distinct teacher checkpoint sha256 of the runs
 
     @property
     def delta(self) -> float | None:
         return None if self.published is None else self.mean - self.published.top1
+
+    @property
+    def delta_comparable(self) -> bool | None:
+        """None without a Δ; False when the runs' teacher was not (only) the community checkpoint."""
+        if self.delta is None:
+            return None
+        return self.teacher_source in ("", COMMUNITY)
 
     @classmethod
     def of(cls, values: Sequence[float], **kwargs: Any) -> "Cell":
@@ -112,6 +136,29 @@ class Row:
 
 
 @dataclass
+class PairTeacher:
+    """Which teacher a pair's distillation runs used (its teacher runs when it has none)."""
+
+    kinds: tuple[str, ...]  # sorted subset of ("community", "trained", "unknown")
+    community_shas: tuple[str, ...] = ()  # sha256 of the community checkpoints used
+    trained_top1: tuple[float, ...] = ()  # top-1 of the trained teachers used
+
+    @property
+    def text(self) -> str:
+        parts = []
+        for kind in self.kinds:
+            if kind == COMMUNITY:
+                shas = ", ".join(sha[:SHA_PREFIX] for sha in self.community_shas)
+                parts.append(f"community {shas}" if shas else "community")
+            elif kind == TRAINED:
+                top1 = ", ".join(f"{t:.2f}" for t in self.trained_top1)
+                parts.append(f"trained, top-1 {top1}" if top1 else "trained")
+            else:
+                parts.append(kind)
+        return "; ".join(parts)
+
+
+@dataclass
 class SuiteTable:
     suite: str
     statistic: str  # "last" | "best"
@@ -122,6 +169,7 @@ class SuiteTable:
     notes: list[str]
     sources: list[tuple[str, str]]  # (statistic, source) of the published numbers: [1], [2], ...
     n_runs: int
+    teachers: dict[Pair, PairTeacher] = field(default_factory=dict)
 
     @property
     def has_delta(self) -> bool:
@@ -175,6 +223,55 @@ def order_pairs(pairs: set[Pair], declared: list[Any] | None) -> list[Pair]:
 # --------------------------------------------------------------------------- building
 
 
+def teacher_kinds(records: pd.DataFrame) -> list[str]:
+    """The teacher source of each record: "community", "trained" or "unknown".
+
+    What the record says (``teacher_source``, see :func:`benchmark.report.load.recorded_teacher_source`)
+    when it says it; else derived from the teacher rows among ``records``: a teacher
+    checkpoint sha256 equal to a community teacher row's is community; a sha256 of a
+    network that has a trained teacher row (and matches no community one) is trained;
+    anything else (no sha256, no teacher row to compare with) is unknown.
+    """
+    said = records["teacher_source"] if "teacher_source" in records else pd.Series([""] * len(records))
+    is_teacher = (records["method"] == TEACHER_ROW).to_numpy()
+    community_shas, trained_nets = set(), set()
+    for teacher_row, net, sha, src in zip(is_teacher, records["teacher"], records["teacher_ckpt"], said):
+        if teacher_row and src == COMMUNITY and sha:
+            community_shas.add(sha)
+        elif teacher_row and src == TRAINED:
+            trained_nets.add(net)
+    kinds = []
+    for net, sha, src in zip(records["teacher"], records["teacher_ckpt"], said):
+        if src in (COMMUNITY, TRAINED):
+            kinds.append(src)
+        elif sha and sha in community_shas:
+            kinds.append(COMMUNITY)
+        elif sha and net in trained_nets:
+            kinds.append(TRAINED)
+        else:
+            kinds.append(UNKNOWN)
+    return kinds
+
+
+def _kind_text(kinds: Sequence[str]) -> str:
+    return "+".join(sorted(set(kinds)))
+
+
+def _pair_teacher(runs: pd.DataFrame) -> PairTeacher:
+    """The teacher of one pair from its distillation runs (or, without any, from its teacher runs)."""
+    is_teacher = runs["method"] == TEACHER_ROW
+    kinds = tuple(sorted(set(runs["teacher_kind"])))
+    shas = tuple(sorted({sha for sha, kind in zip(runs["teacher_ckpt"], runs["teacher_kind"])
+                         if kind == COMMUNITY and sha}))
+    top1: dict[str, float] = {}  # one value per distinct trained checkpoint
+    for sha, kind, t_top1, last, teacher_row in zip(runs["teacher_ckpt"], runs["teacher_kind"], runs["teacher_top1"],
+                                                    runs["last_top1"], is_teacher):
+        value = float(last) if teacher_row else float(t_top1)
+        if kind == TRAINED and math.isfinite(value):
+            top1.setdefault(sha or f"value:{value!r}", value)
+    return PairTeacher(kinds, shas, tuple(sorted(set(top1.values()))))
+
+
 def _mode(values: Sequence[Any], prefer: Callable[[Any], Any]) -> Any:
     counts = Counter(values)
     return sorted(counts, key=lambda v: (-counts[v], prefer(v)))[0]
@@ -196,6 +293,7 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                        declared_pairs: list[Any] | None = None) -> list[SuiteTable]:
     """The 'last' and 'best' tables of one suite (``records``: its non-ablation runs)."""
     records = records.sort_values(["path"], kind="stable")
+    records = records.assign(teacher_kind=teacher_kinds(records) if len(records) else [])
     students = records[records["method"] != TEACHER_ROW]
     teachers = records[records["method"] == TEACHER_ROW]
     pairs = order_pairs(set(zip(students["teacher"], students["student"])), declared_pairs)
@@ -218,6 +316,14 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                           teacher_pool[pair]])
         for key, sel in pool.groupby(["method", "recipe", "epochs"], sort=True):
             groups[(pair, key[0], key[1], int(key[2]))] = sel.sort_values(["seed", "path"], kind="stable")
+
+    # The teacher of each pair: from its distillation runs, else from its teacher runs.
+    pair_teachers: dict[Pair, PairTeacher] = {}
+    for pair in pairs:
+        pair_students = students[(students["teacher"] == pair[0]) & (students["student"] == pair[1])]
+        distilled = pair_students[pair_students["method"] != STUDENT_ROW]
+        basis = distilled if not distilled.empty else teacher_pool[pair]
+        pair_teachers[pair] = _pair_teacher(basis) if not basis.empty else PairTeacher((UNKNOWN,))
 
     main_recipe = _mode(list(used["recipe"]), lambda r: (r != DEFAULT_RECIPE, r))
     main_epochs = _mode([int(e) for e in used["epochs"]], lambda e: -e)
@@ -269,14 +375,23 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                 if sel is not None:
                     row.cells[pair] = Cell.of(sel[column].to_numpy(dtype=float),
                                               recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))))
+                    if row.method != STUDENT_ROW:
+                        row.cells[pair].teacher_source = _kind_text(sel["teacher_kind"])
+                        row.cells[pair].teacher_shas = tuple(sorted({s for s in sel["teacher_ckpt"] if s}))
                 elif proto is first_teacher and pair in fallback_pairs:
                     pair_runs = students[(students["teacher"] == pair[0]) & (students["student"] == pair[1])]
                     cell = _teacher_top1_cell(pair_runs)
                     if cell is not None:
+                        distilled = pair_runs[pair_runs["method"] != STUDENT_ROW]
+                        basis = distilled if not distilled.empty else pair_runs
+                        cell.teacher_source = _kind_text(basis["teacher_kind"])
+                        cell.teacher_shas = tuple(sorted({s for s in basis["teacher_ckpt"] if s}))
                         row.cells[pair] = cell
             table_rows.append(row)
-        tables.append(_finish(suite, statistic, pairs, table_rows, recipes, epochs_list, mix_notes,
-                              published, n_runs=len(used)))
+        table = _finish(suite, statistic, pairs, table_rows, recipes, epochs_list, mix_notes,
+                        published, n_runs=len(used))
+        table.teachers = dict(pair_teachers)
+        tables.append(table)
     return tables
 
 
@@ -347,6 +462,13 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
             notes.append(f"[{i}] {stat}: {source}.")
     else:
         notes.append(f"Δ: no published numbers at the {stat_words} for these pairs in suite '{suite}'.")
+    notes.append(f"{TEACHER_SOURCE_LABEL}: community <sha256[:{SHA_PREFIX}]> = a community checkpoint given with "
+                 "--teachers (CIFAR-100: RepDistiller / mdistiller cifar_teachers.tar), the runs distilled from it; "
+                 "trained = a teacher trained alone by this suite (top-1 of the checkpoint used); "
+                 "unknown = not recorded in the runs.")
+    if any(c.delta_comparable is False for r in rows for c in r.cells.values()):
+        notes.append(f"{SECTION}: teacher not the community checkpoint (trained by the suite, or unknown): "
+                     "Δ not comparable, the published numbers used the community teachers.")
     for kind in sorted(other):
         words = STATISTICS[kind][1] if kind in STATISTICS else kind
         ref = f" (compared in {safe_name(suite)}_{kind})" if kind in STATISTICS else ""
@@ -367,7 +489,20 @@ def _delta_text(cell: Cell | None, minus: str = "-") -> str | None:
     if cell is None or cell.delta is None:
         return None
     delta = round(cell.delta, 2) + 0.0  # no "-0.00"
-    return f"{delta:+.2f}".replace("-", minus) + f" ({cell.published.top1:.2f} [{cell.source_ref}])"
+    mark = "" if cell.delta_comparable else SECTION
+    return f"{delta:+.2f}".replace("-", minus) + f" ({cell.published.top1:.2f} [{cell.source_ref}]){mark}"
+
+
+def _teacher_source_cells(table: SuiteTable) -> list[str]:
+    return [table.teachers[p].text if p in table.teachers else UNKNOWN for p in table.pairs]
+
+
+def _source_row_index(table: SuiteTable) -> int:
+    """Where the "Teacher source" row goes: right after the Teacher row, else first."""
+    for i, row in enumerate(table.rows):
+        if row.method == TEACHER_ROW:
+            return i + 1
+    return 0
 
 
 def caption(table: SuiteTable) -> str:
@@ -403,6 +538,7 @@ def render_markdown(table: SuiteTable) -> str:
                 text += DAGGER
             cells.append(text)
         body.append(cells)
+    body.insert(_source_row_index(table), [TEACHER_SOURCE_LABEL] + _teacher_source_cells(table))
     frame = pd.DataFrame(body, columns=headers)
     parts = [f"# {title(table)}", "", caption(table), "",
              frame.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
@@ -419,7 +555,7 @@ def render_markdown(table: SuiteTable) -> str:
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
         "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "Δ": r"$\Delta$", "≥": r"$\geq$",
-        "→": r"$\to$", "−": r"$-$", "–": "--", "…": r"\ldots{}", "<": r"$<$", ">": r"$>$"}
+        "→": r"$\to$", "−": r"$-$", "–": "--", "…": r"\ldots{}", "<": r"$<$", ">": r"$>$", "§": r"$^\S$"}
 
 
 def tex_escape(text: str) -> str:
@@ -441,10 +577,13 @@ def render_latex(table: SuiteTable) -> str:
         r"\midrule",
     ]
     header_done = False
-    for row in table.rows:
+    source_at = _source_row_index(table)
+    source_line = " & ".join(tex_escape(c) for c in [TEACHER_SOURCE_LABEL] + _teacher_source_cells(table)) + r" \\"
+    for i, row in enumerate(table.rows):
+        if i == source_at:
+            lines.append(source_line)
         if not row.is_header and not header_done:
-            if any(r.is_header for r in table.rows):
-                lines.append(r"\midrule")
+            lines.append(r"\midrule")
             header_done = True
         cells = [tex_escape(row.label)]
         for pair in table.pairs:
@@ -461,6 +600,8 @@ def render_latex(table: SuiteTable) -> str:
                 text += r"$^\dagger$"
             cells.append(text)
         lines.append(" & ".join(cells) + r" \\")
+    if source_at >= len(table.rows):
+        lines.append(source_line)
     if table.has_delta:
         lines += [r"\midrule", rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{$\Delta$ vs.\ published (ours $-$ published)}}}} \\"]
         for row in table.rows:
@@ -491,6 +632,9 @@ def tidy_frame(table: SuiteTable) -> pd.DataFrame:
                 "best": "" if header else str(cell.best),
                 "indistinguishable_from_best": "" if header else str(cell.indistinguishable),
                 "values_from": "teacher_top1" if cell.from_teacher_top1 else "runs",
+                "teacher_source": cell.teacher_source,
+                "teacher_sha256": ";".join(sha[:SHA_PREFIX] for sha in cell.teacher_shas),
+                "delta_comparable": "" if cell.delta_comparable is None else str(cell.delta_comparable),
             })
     return pd.DataFrame(out, columns=list(CSV_COLUMNS))
 
@@ -504,6 +648,6 @@ def write_table(table: SuiteTable, tables_dir: Path) -> list[Path]:
     written = []
     for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
         path = tables_dir / f"{table.stem}.{ext}"
-        path.write_text(render(table), encoding="utf-8", newline="\n")
+        write_text(path, render(table))  # atomic: an interrupted aggregation leaves no half table
         written.append(path)
     return written
