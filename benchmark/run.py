@@ -26,13 +26,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.claims import claim, holder_of  # noqa: E402
+from benchmark.errors import UsageError  # noqa: E402
 from benchmark.records import RecordError, RunRecord, read_record, write_record  # noqa: E402
 
 BASELINE = "ce"
-
-
-class UsageError(Exception):
-    """A mistake in the command line or the environment it points to: one line, exit 2."""
 
 
 @dataclass
@@ -46,8 +43,10 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
-        bs = self.recipe.schedule.batch_size
-        return f"{self.pair.name} {self.method} seed{self.seed} (recipe {self.recipe.name} {self.recipe.hash}, {self.recipe.schedule.epochs} ep, bs {bs})"
+        schedule = self.recipe.schedule
+        method_args = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in self.recipe.method.items() if k != "type")
+        return (f"{self.pair.name} {self.method} seed{self.seed} (recipe {self.recipe.name} {self.recipe.hash}, "
+                f"{schedule.epochs} ep, bs {schedule.batch_size}, lr {schedule.lr:g}{method_args})")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,7 +84,7 @@ def _split(text: str | None) -> list[str]:
 def resolve_plan(args: argparse.Namespace):
     """Validate the command line and list the runs; raises UsageError with one line."""
     import methods
-    from benchmark.suites import UnknownSuiteError, get_suite
+    from benchmark.suites import UnknownSuiteError, get_suite, variant_name
 
     try:
         suite = get_suite(args.suite)
@@ -119,30 +118,15 @@ def resolve_plan(args: argparse.Namespace):
     for pair in pairs:
         for method in chosen:
             for batch_size in batch_sizes:
-                resolved = _adjust(suite.resolve(recipe, pair, method), args.epochs, batch_size)
+                resolved = suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size)
                 for seed in range(args.seeds):
                     extra = {}
                     if batch_size is not None:
                         base = suite.resolve(recipe, pair, method).schedule
                         extra = {"batch_size_ablation": True, "base_batch_size": base.batch_size, "base_lr": base.lr, "lr_rule": "linear"}
-                    run_dir = Path(args.work_dir) / suite.name / _variant(recipe, args.epochs, batch_size) / pair.name / method / f"seed{seed}"
+                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size) / pair.name / method / f"seed{seed}"
                     runs.append(PlannedRun(pair, method, seed, resolved, run_dir, extra))
     return suite, recipe, pairs, runs
-
-
-def _adjust(resolved, epochs: int | None, batch_size: int | None):
-    from benchmark.suites import ResolvedRecipe
-
-    schedule = resolved.schedule
-    if epochs is not None:
-        schedule = schedule.with_epochs(epochs)
-    if batch_size is not None:
-        schedule = schedule.with_batch_size(batch_size)
-    return ResolvedRecipe(resolved.name, schedule, resolved.method, resolved.notes)
-
-
-def _variant(recipe: str, epochs: int | None, batch_size: int | None) -> str:
-    return recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "")
 
 
 def existing_state(run: PlannedRun) -> tuple[str, RunRecord | None]:

@@ -24,7 +24,8 @@ from benchmark.claims import ClaimHeld, claim
 from benchmark.checkpoints import CheckpointError, community_checkpoint_path, load_community_checkpoint, sha256_of
 from benchmark.models import build_model
 from benchmark.records import TEACHER_ROW, RecordError, read_record, write_record
-from benchmark.suites import Pair, Suite
+from benchmark.errors import UsageError
+from benchmark.suites import Pair, Suite, variant_name
 
 TEACHER_SEED = 0
 
@@ -74,9 +75,7 @@ class TeacherStage:
     def __init__(self, suite: Suite, recipe: str, args: argparse.Namespace) -> None:
         self.suite, self.recipe, self.args = suite, recipe, args
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        from benchmark.run import _variant
-
-        self.root = Path(args.work_dir) / suite.name / _variant(recipe, args.epochs, None) / "teachers"
+        self.root = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, None) / "teachers"
 
     def community_path(self, name: str) -> Path | None:
         if not self.args.teachers:
@@ -99,9 +98,7 @@ class TeacherStage:
         return f"{where}train alone with the {self.recipe} recipe ({epochs} epochs, CE) into {self.run_dir(name)}"
 
     def _recipe(self, name: str):
-        from benchmark.run import _adjust
-
-        return _adjust(self.suite.resolve(self.recipe, Pair(name, name), "ce"), self.args.epochs, None)
+        return self.suite.resolve(self.recipe, Pair(name, name), "ce").adjusted(self.args.epochs, None)
 
     def num_train_samples(self) -> int:
         """Builds the training split once: proves the data is there, and sizes CRD's memory."""
@@ -110,8 +107,6 @@ class TeacherStage:
 
     def check_teacher_files(self, names: list[str]) -> None:
         """With --teachers, every teacher the plan needs must be there: else stop before anything runs."""
-        from benchmark.run import UsageError
-
         if not self.args.teachers:
             for name in names:
                 if not (self.run_dir(name) / "record.json").exists():
@@ -167,7 +162,6 @@ class TeacherStage:
         return TeacherInfo(str(path), digest, top1, COMMUNITY)
 
     def _train(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
-        from benchmark.run import UsageError
         from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
 
         run_dir = self.run_dir(name)

@@ -61,10 +61,24 @@ class ResolvedRecipe:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "schedule": asdict(self.schedule), "method": self.method, "notes": list(self.notes)}
 
+    def adjusted(self, epochs: int | None, batch_size: int | None) -> "ResolvedRecipe":
+        """This recipe with the command line's --epochs / --batch-sizes applied (None: unchanged)."""
+        schedule = self.schedule
+        if epochs is not None:
+            schedule = schedule.with_epochs(epochs)
+        if batch_size is not None:
+            schedule = schedule.with_batch_size(batch_size)
+        return ResolvedRecipe(self.name, schedule, self.method, self.notes)
+
     @property
     def hash(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def variant_name(recipe: str, epochs: int | None, batch_size: int | None) -> str:
+    """The work-dir folder of a recipe as the command line adjusted it, e.g. ``unified-e2-b128``."""
+    return recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "")
 
 
 # A recipe maps (pair, method name, suite's method defaults) to its resolved form.
