@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
