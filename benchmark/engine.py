@@ -23,6 +23,7 @@ from mmengine.registry import HOOKS, METRICS
 
 from benchmark import faults
 from benchmark.records import EpochPoint, RunRecord
+from methods import distributed
 
 
 def unwrap(model: Any) -> Any:
@@ -40,16 +41,20 @@ class TopKAccuracy(BaseMetric):
         self.topk = tuple(topk)
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        # One result per image: under DDP, MMEngine's sampler pads the validation split with
+        # repeats so every process gets as many images, and ``collect_results`` trims the
+        # gathered results to the dataset's size — which is only right at image granularity.
         for sample in data_samples:
             logits, target = sample["logits"], sample["target"]
             k_max = min(max(self.topk), logits.shape[1])
             ranked = logits.topk(k_max, dim=1).indices
             hits = ranked.eq(target.view(-1, 1))
-            self.results.append({f"top{k}": hits[:, : min(k, k_max)].any(1).sum().item() for k in self.topk} | {"n": len(target)})
+            per_k = torch.stack([hits[:, : min(k, k_max)].any(1) for k in self.topk], dim=1).tolist()
+            self.results.extend(tuple(row) for row in per_k)
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        total = sum(r["n"] for r in results)
-        return {f"top{k}": 100.0 * sum(r[f"top{k}"] for r in results) / total for k in self.topk}
+        total = len(results)
+        return {f"top{k}": 100.0 * sum(row[i] for row in results) / total for i, k in enumerate(self.topk)}
 
 
 @HOOKS.register_module()
@@ -71,13 +76,23 @@ class NonFiniteLossGuard(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not outputs:
             return
-        if faults.matches("nan_loss", epoch=runner.epoch + 1, iter=batch_idx + 1, method=method_of(runner)) == "NAN":
+        context = dict(epoch=runner.epoch + 1, iter=batch_idx + 1, method=method_of(runner), rank=distributed.rank())
+        if faults.matches("nan_loss", **context) == "NAN":
             outputs["loss"] = torch.tensor(float("nan"))
-        for name, value in outputs.items():
-            if torch.is_tensor(value) and value.numel() == 1 and not math.isfinite(value.item()):
-                raise NonFiniteLossError(
-                    f"{name} became {value.item()} at epoch {runner.epoch + 1}, iteration {batch_idx + 1}"
-                )
+        bad = [(name, value.item()) for name, value in outputs.items()
+               if torch.is_tensor(value) and value.numel() == 1 and not math.isfinite(value.item())]
+        where = f"at epoch {runner.epoch + 1}, iteration {batch_idx + 1}"
+        if distributed.world_size() > 1:
+            # Every rank learns whether any rank went non-finite, so all stop together and
+            # none waits forever in the next collective. The flag carries the (highest) rank.
+            flag = torch.tensor([float(distributed.rank() + 1) if bad else 0.0])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item():
+                culprit = int(flag.item()) - 1
+                detail = f"{bad[0][0]} became {bad[0][1]}" if bad and culprit == distributed.rank() else "the loss became non-finite"
+                raise NonFiniteLossError(f"{detail} on rank {culprit} {where}")
+        elif bad:
+            raise NonFiniteLossError(f"{bad[0][0]} became {bad[0][1]} {where}")
 
 
 RUN_STATE_KEY = "kd_run_state"  # our part of every training checkpoint
@@ -116,7 +131,7 @@ class RunRecordHook(Hook):
 
     def write(self) -> None:
         self.record.wall_time_s = self.wall_time()
-        self.save(self.record)
+        self.save(self.record)  # a no-op on ranks other than 0
 
     def before_train(self, runner) -> None:
         validated = {p.epoch for p in self.record.curve}

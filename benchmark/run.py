@@ -48,6 +48,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms (slower)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--verbose", action="store_true", help="per-epoch progress lines and MMEngine's own logs")
+    parser.add_argument("--tensorboard", action="store_true", help="also log every loss term, lr and top-1 to TensorBoard (needs the tensorboard package)")
+
+    scale = parser.add_argument_group("scaling out")
+    scale.add_argument("--nproc", type=int, default=1, help="processes per run (torch DDP via MMEngine; gloo on CPU, nccl on GPU); the batch stays global")
+    scale.add_argument("--sync-bn", action="store_true", help="with --nproc > 1: SyncBatchNorm in the student (recorded)")
+    scale.add_argument("--ckd-contrast", choices=("global", "local"), default="global",
+                       help="with --nproc > 1: CKD negatives from the global batch (default) or only the process's batch, as DataParallel did")
+    scale.add_argument("--cluster", choices=("local", "slurm"), help="submit one job per run through submitit instead of running here")
+    scale.add_argument("--wait", action="store_true", help="with --cluster: block with a live progress line, then aggregate")
+    scale.add_argument("--status", action="store_true", help="list every planned run's state from the run directories alone, and exit")
+    scale.add_argument("--partition", help="Slurm partition")
+    scale.add_argument("--gpus-per-run", type=int, default=None, help="GPUs per run (Slurm; default --nproc on GPU, 0 on CPU)")
+    scale.add_argument("--cpus-per-run", type=int, default=None, help="CPUs per run (Slurm/local)")
+    scale.add_argument("--time-limit", type=int, default=None, help="minutes per job (Slurm); the job requeues itself before it")
+    scale.add_argument("--mem-gb", type=int, default=None, help="memory per job in GB (Slurm)")
+    scale.add_argument("--array-parallelism", type=int, default=None, help="at most this many jobs of the array at once")
+    scale.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other Slurm parameter for the jobs, e.g. --slurm account=abc --slurm qos=high --slurm constraint=a100")
     return parser.parse_args(argv)
 
 
@@ -64,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.nproc < 1:
+            raise UsageError("--nproc must be at least 1")
+        if args.status:
+            from benchmark.cluster import print_status
+
+            return print_status(args)
+        if args.cluster:
+            from benchmark.cluster import submit_sweep
+
+            return submit_sweep(args)
         return run_sweep(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -19,11 +19,13 @@ from typing import Any, Callable, Sequence
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
+from mmengine.dist import get_rank
 from mmengine.runner import Runner, set_random_seed
 
 import benchmark.data  # noqa: F401  (registers datasets and the preprocessor)
 import benchmark.distill_model  # noqa: F401  (registers DistillationModel)
 import benchmark.engine  # noqa: F401  (registers the metric and hooks)
+import benchmark.launch  # noqa: F401  (registers the DDP wrapper)
 from benchmark import faults
 from benchmark.atomic import atomic_path
 from benchmark.atomic import write_text as atomic_write_text
@@ -34,7 +36,7 @@ from benchmark.checkpoints import (
     save_community_checkpoint,
 )
 from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb
-from benchmark.records import RunRecord, write_record
+from benchmark.records import RECORD_FILE, RunRecord, read_record, write_record
 from benchmark.suites import Pair, ResolvedRecipe, Suite
 from methods import METHODS
 
@@ -60,6 +62,13 @@ class RunSpec:
     deterministic: bool = False
     log_level: str = "ERROR"  # MMEngine's own logging; "INFO" with --verbose
     extra: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1  # processes of one DDP run; the recipe's batch stays the global batch
+    sync_bn: bool = False  # SyncBatchNorm in the student under DDP
+    tensorboard: bool = False  # also log to TensorBoard (MMEngine's TensorboardVisBackend)
+
+    @property
+    def per_process_batch(self) -> int:
+        return self.recipe.schedule.batch_size // self.world_size
 
     @property
     def student(self) -> str:
@@ -114,7 +123,17 @@ def build_config(spec: RunSpec, num_data: int) -> Config:
         # Fresh workers every epoch, seeded from the per-epoch seed: interrupted-and-resumed
         # runs draw the same augmentations and CRD negatives as uninterrupted ones.
         loader.persistent_workers = False
-    cfg.train_dataloader.batch_size = spec.recipe.schedule.batch_size
+    if spec.recipe.schedule.batch_size % spec.world_size:
+        raise ValueError(f"batch {spec.recipe.schedule.batch_size} is not divisible by {spec.world_size} processes")
+    cfg.train_dataloader.batch_size = spec.per_process_batch
+    if spec.world_size > 1:
+        cfg.env_cfg.dist_cfg.backend = "gloo" if spec.device == "cpu" else "nccl"
+        # The teacher is frozen before wrapping, so DDP needs no find_unused_parameters.
+        cfg.model_wrapper_cfg = dict(type="DeviceAwareDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=False)
+        if spec.sync_bn:
+            cfg.sync_bn = "torch"
+    if spec.tensorboard:
+        cfg.visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
     if contrast_k is not None:
         cfg.train_dataloader.dataset.contrast_k = contrast_k
 
@@ -150,7 +169,8 @@ class EpochSeeder(Hook):
         self.seed = seed
 
     def before_train_epoch(self, runner) -> None:
-        set_random_seed(self.seed * 100_003 + runner.epoch)
+        # Under DDP each rank draws its own augmentations and CRD negatives (distinct, reproducible).
+        set_random_seed(self.seed * 100_003 + runner.epoch + 1_000_003 * get_rank())
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -171,7 +191,7 @@ def environment(device: str) -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "device": f"{device} ({name})",
-        "world_size": 1,
+        "world_size": 1,  # set from the run spec by new_record
         "threads": torch.get_num_threads(),
     }
 
@@ -192,8 +212,9 @@ def new_record(spec: RunSpec) -> RunRecord:
         lr=schedule.lr,
         teacher_checkpoint_sha256=spec.teacher_checkpoint_sha256,
         teacher_top1=spec.teacher_top1,
-        env=environment(spec.device),
-        extra=dict(spec.extra, recipe=spec.recipe.to_dict()),
+        env={**environment(spec.device), "world_size": spec.world_size},
+        extra=dict(spec.extra, recipe=spec.recipe.to_dict(),
+                   **({"per_process_batch": spec.per_process_batch, "sync_bn": spec.sync_bn} if spec.world_size > 1 else {})),
     )
 
 
@@ -206,6 +227,8 @@ class AtomicCheckpointRunner(Runner):
     """
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
+        if get_rank() != 0:  # MMEngine saves on the main process only
+            return
         final = Path(out_dir) / filename
         with atomic_path(final) as tmp:
             super().save_checkpoint(str(tmp.parent), tmp.name, *args, **kwargs)
@@ -235,7 +258,6 @@ def execute(
     are set aside); without one, or without ``resume``, the run starts over with a fresh
     record. ``hooks`` are extra MMEngine hooks (e.g. an interruption in tests).
     """
-    save = lambda rec: write_record(rec, spec.run_dir)  # noqa: E731
     cfg = build_config(spec, num_data)
     work_dir = Path(cfg.work_dir)
     checkpoint = newest_loadable_checkpoint(work_dir, say) if resume else None
@@ -250,8 +272,28 @@ def execute(
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.run_dir / "config.py", cfg.pretty_text)
     record.status, record.failure = "running", None
-    save(record)
+    write_record(record, spec.run_dir)
+    checkpoint_path = str(checkpoint[1]) if checkpoint else None
+    if spec.world_size == 1:
+        return train(spec, cfg, record, checkpoint_path, progress, hooks)
+    from benchmark.launch import train_distributed
 
+    train_distributed(spec, num_data, record, checkpoint_path, show_progress=progress is not None)
+    return read_record(spec.run_dir / RECORD_FILE)
+
+
+def train(
+    spec: RunSpec,
+    cfg: Config,
+    record: RunRecord,
+    checkpoint: str | None,
+    progress: Callable[[str], Any] | None = None,
+    hooks: Sequence[Hook] = (),
+) -> RunRecord:
+    """Train (or continue from ``checkpoint``) in this process — one rank of a DDP run when
+    a process group is initialised — and complete the record. Only rank 0 writes files."""
+    main_process = get_rank() == 0
+    save = (lambda rec: write_record(rec, spec.run_dir)) if main_process else (lambda rec: None)
     # Built explicitly (not Runner.from_cfg) so every run gets a unique experiment name:
     # MMEngine keys its global logger / message hub / visualiser by that name.
     runner = AtomicCheckpointRunner(
@@ -266,17 +308,18 @@ def execute(
         val_evaluator=cfg.val_evaluator,
         default_hooks=cfg.default_hooks,
         custom_hooks=[dict(type="EpochTracker"), dict(type="NonFiniteLossGuard"), dict(type="FaultPoints")],
-        load_from=str(checkpoint[1]) if checkpoint else None,
+        load_from=checkpoint,
         resume=checkpoint is not None,
-        launcher="none",
+        launcher="pytorch" if spec.world_size > 1 else "none",
         env_cfg=cfg.env_cfg,
         log_level=cfg.log_level,
         randomness=cfg.randomness,
+        visualizer=cfg.get("visualizer"),
         experiment_name=f"{spec.suite.name}_{spec.pair.name}_{spec.method}_s{spec.seed}_{uuid.uuid4().hex[:8]}",
         cfg=cfg,
     )
     timing = StepTimingHook()
-    record_hook = RunRecordHook(record, save, progress)
+    record_hook = RunRecordHook(record, save, progress if main_process else None)
     runner.register_hook(EpochSeeder(spec.seed))
     runner.register_hook(record_hook)
     runner.register_hook(timing)
@@ -301,14 +344,17 @@ def execute(
         return record
     if timing.summary:
         record.images_per_s = timing.summary.pop("images_per_s")
+        if spec.world_size > 1:  # every rank measured its own share of the global batch
+            record.images_per_s = round(record.images_per_s * spec.world_size, 2)
         record.runtime = timing.summary
         record.extra["peak_memory_kind"] = getattr(timing, "memory_kind", None)
     else:
         record.runtime = {"peak_memory_mb": round(peak_memory_mb(spec.device)[0], 1)}
     record.finalise_curve()
     record.status = "completed"
-    model = runner.model.module if hasattr(runner.model, "module") else runner.model
-    save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
+    if main_process:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
     record_hook.write()
     return record
 

@@ -81,15 +81,36 @@ def resolve_plan(args: argparse.Namespace):
     for pair in pairs:
         for method in chosen:
             for batch_size in batch_sizes:
-                resolved = suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size)
+                resolved = with_world_size(suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size), args)
                 for seed in range(args.seeds):
                     extra = {}
                     if batch_size is not None:
                         base = suite.resolve(recipe, pair, method).schedule
                         extra = {"batch_size_ablation": True, "base_batch_size": base.batch_size, "base_lr": base.lr, "lr_rule": "linear"}
-                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size) / pair.name / method / f"seed{seed}"
+                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size, args.nproc) / pair.name / method / f"seed{seed}"
                     runs.append(PlannedRun(pair, method, seed, resolved, run_dir, extra))
     return suite, recipe, pairs, runs
+
+
+def with_world_size(resolved, args: argparse.Namespace):
+    """The recipe as run on ``--nproc`` processes: the batch stays global; CKD's contrast is stated."""
+    nproc = getattr(args, "nproc", 1)
+    if nproc == 1:
+        return resolved
+    batch = resolved.schedule.batch_size
+    if batch % nproc:
+        raise UsageError(f"--nproc {nproc} does not divide the batch size {batch} (the recipe's batch is the global batch)")
+    notes = (f"DDP over {nproc} processes, {batch // nproc} images each; lr unchanged",)
+    method = dict(resolved.method)
+    if method["type"] == "ckd":
+        method["contrast"] = args.ckd_contrast
+        notes += ("CKD negatives from the global batch" if args.ckd_contrast == "global" else
+                  "CKD negatives from each process's batch only (as DataParallel computed the official loss per replica)",)
+    if args.sync_bn:
+        notes += ("SyncBatchNorm in the student",)
+    from benchmark.suites import ResolvedRecipe
+
+    return ResolvedRecipe(resolved.name, resolved.schedule, method, resolved.notes + notes)
 
 
 def existing_state(run: PlannedRun) -> tuple[str, RunRecord | None]:
@@ -206,6 +227,8 @@ def plan_sweep(args: argparse.Namespace) -> Sweep:
 def preflight(sweep: Sweep) -> None:
     """Everything that can be checked is checked before anything runs (UsageError, one line)."""
     args = sweep.args
+    if getattr(args, "sync_bn", False) and (args.nproc == 1 or sweep.stage.device == "cpu"):
+        raise UsageError("--sync-bn needs --nproc > 1 on CUDA devices (torch's SyncBatchNorm has no CPU kernels)")
     if sweep.needs_teacher:
         sweep.stage.check_teacher_files(sweep.teacher_names)
     check_writable_dir(args.work_dir, "--work-dir")
@@ -347,6 +370,7 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
         teacher_top1=teacher.top1 if teacher else None,
         extra={**run.extra, **({"teacher_source": teacher.source} if teacher else {})},
         log_level="INFO" if args.verbose else "ERROR",
+        world_size=args.nproc, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
     )
     resume = state == "interrupted"
     if record is None or not resume:

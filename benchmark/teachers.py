@@ -168,7 +168,8 @@ class TeacherStage:
         recipe = self._recipe(name)
         spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, recipe, TEACHER_SEED, run_dir,
                        data_root=self.args.data_root, device=self.device, num_workers=self.args.num_workers,
-                       deterministic=self.args.deterministic, log_level="INFO" if self.args.verbose else "ERROR")
+                       deterministic=self.args.deterministic, log_level="INFO" if self.args.verbose else "ERROR",
+                       tensorboard=getattr(self.args, "tensorboard", False))
         record, resume = None, False
         if (run_dir / "record.json").exists():
             try:

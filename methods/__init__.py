@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from .base import DistillContext, Distiller, StepInputs
 from .registry import METHODS, UnknownMethodError
 
-_INFRASTRUCTURE = {"base", "registry"}
+_INFRASTRUCTURE = {"base", "registry", "distributed"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")

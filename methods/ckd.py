@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import distributed
 from .base import Distiller, StepInputs, requires_teacher_logits
 from .registry import METHODS
 
 
-def ckd_loss(logits_student: Tensor, logits_teacher: Tensor, temperature: float = 1.0) -> Tensor:
+def ckd_loss(logits_student: Tensor, logits_teacher: Tensor, temperature: float = 1.0, global_batch: bool = False) -> Tensor:
     """InfoNCE over L2-normalised logits, in-batch negatives.
 
     ``t̂, ŝ`` = rows of teacher / student logits divided by their L2 norms;
@@ -23,11 +24,19 @@ def ckd_loss(logits_student: Tensor, logits_teacher: Tensor, temperature: float 
     One direction only, no memory bank, no projection head; the teacher is detached.
     Invariant to scaling a row by a positive constant (normalisation), not to adding
     a constant. A batch of one gives 0.
+
+    ``global_batch`` (under DDP): the columns are the students of the global batch,
+    gathered with their gradient; this process's rows keep their own positives (labels
+    offset by its rank). Two processes then compute what one computes over both batches.
     """
     student = F.normalize(logits_student, dim=1)
     teacher = F.normalize(logits_teacher.detach(), dim=1)
+    offset = 0
+    if global_batch and distributed.world_size() > 1:
+        offset = distributed.rank() * student.shape[0]  # equal batches on every rank (DDP sampler)
+        student = distributed.all_gather_cat_with_grad(student)
     similarity = teacher @ student.t() / temperature
-    positives = torch.arange(similarity.shape[0], device=similarity.device)
+    positives = torch.arange(offset, offset + similarity.shape[0], device=similarity.device)
     return F.cross_entropy(similarity, positives)
 
 
@@ -38,13 +47,18 @@ class CKD(Distiller):
     The paper recipe tunes batch size, learning rate, CL weight and τ per pair.
     """
 
-    def __init__(self, temperature: float = 1.0, cl_weight: float = 10.0, ce_weight: float = 1.0, **kwargs) -> None:
+    def __init__(self, temperature: float = 1.0, cl_weight: float = 10.0, ce_weight: float = 1.0, contrast: str = "global", **kwargs) -> None:
         super().__init__(**kwargs)
+        if contrast not in ("global", "local"):
+            raise ValueError(f"CKD contrast must be 'global' or 'local', got {contrast!r}")
         self.temperature, self.cl_weight, self.ce_weight = temperature, cl_weight, ce_weight
+        # Under DDP: negatives from the global batch, or ("local") only from this process's
+        # batch, as the official code's DataParallel computed the loss per replica.
+        self.contrast = contrast
 
     def forward(self, step: StepInputs) -> dict[str, Tensor]:
         logits_teacher = requires_teacher_logits(step)
         return {
             "loss_ce": self.cross_entropy(step, self.ce_weight),
-            "loss_ckd": self.cl_weight * ckd_loss(step.logits_student, logits_teacher, self.temperature),
+            "loss_ckd": self.cl_weight * ckd_loss(step.logits_student, logits_teacher, self.temperature, self.contrast == "global"),
         }

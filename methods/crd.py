@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from . import distributed
 from .base import Distiller, StepInputs, requires_teacher_logits
 from .kd import kd_loss
 from .registry import METHODS
@@ -248,7 +249,9 @@ class ContrastMemory(nn.Module):
     def _normalised(self, out: Tensor, slot: int) -> Tensor:
         z = self.params[slot].item()
         if z < 0:
-            self.params[slot] = out.detach().mean() * self.n_data
+            # Under DDP the mean is over the global batch: Z is the same on every rank and
+            # equal to that of one process over the global batch.
+            self.params[slot] = (out.detach().mean() if distributed.world_size() == 1 else distributed.global_mean(out)) * self.n_data
             z = self.params[slot].item()
         return out / z
 
@@ -268,6 +271,10 @@ class ContrastMemory(nn.Module):
         out_teacher = self._score(self.memory_student, v_teacher, contrast_idx, path)
         out_student = self._normalised(out_student, 2)
         out_teacher = self._normalised(out_teacher, 3)
+        if distributed.world_size() > 1:
+            # One bank for the whole run: every rank applies the global batch's update, so the
+            # banks stay identical on all ranks and equal to a one-process run's.
+            idx, v_student, v_teacher = (distributed.all_gather_cat(t.detach()) for t in (idx, v_student, v_teacher))
         self._update(self.memory_student, v_student, idx)
         self._update(self.memory_teacher, v_teacher, idx)
         return out_student, out_teacher

@@ -76,9 +76,12 @@ class ResolvedRecipe:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def variant_name(recipe: str, epochs: int | None, batch_size: int | None) -> str:
-    """The work-dir folder of a recipe as the command line adjusted it, e.g. ``unified-e2-b128``."""
-    return recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "")
+def variant_name(recipe: str, epochs: int | None, batch_size: int | None, world_size: int = 1) -> str:
+    """The work-dir folder of a recipe as the command line adjusted it, e.g. ``unified-e2-b128-w2``.
+
+    Runs on different numbers of processes are different variants (their own directories).
+    """
+    return recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "") + (f"-w{world_size}" if world_size > 1 else "")
 
 
 # A recipe maps (pair, method name, suite's method defaults) to its resolved form.
