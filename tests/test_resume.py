@@ -161,3 +161,16 @@ def test_a_completed_record_with_a_hole_is_refused(uninterrupted, tmp_path):
         read_record(tmp_path / "record.json")
     holed.status = "running"  # an unfinished run may have a partial curve
     assert RunRecord.from_dict(holed.to_dict()).status == "running"
+
+
+def test_tensorboard_gets_every_loss_term_lr_and_top1(teacher_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = spec_for("crd_kd", tmp_path, teacher_file)
+    spec.tensorboard = True
+    record = execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None)
+    assert record.status == "completed"
+    events = list((tmp_path / "mmengine").rglob("events.out.tfevents.*"))
+    assert len(events) == 1
+    tags = set(EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"])
+    assert {"loss_ce", "loss_kd", "loss_crd", "loss", "lr", "val/top1", "val/top5"} <= tags, tags
