@@ -524,3 +524,18 @@ def test_odd_suite_name_is_a_safe_file_name(tmp_path):
     assert sorted(p.name for p in summary.tables)[0] == "_odd_suite_best.csv"
     assert all(p.parent == tmp_path / "t" for p in summary.tables)
     assert "# ../odd suite: top-1" in (tmp_path / "t" / "_odd_suite_last.md").read_text()
+
+
+def test_rows_mixing_world_sizes_are_marked(tmp_path):
+    """Seeds of one row run on 1 and on 2 DDP processes: the table says so; a row on one size does not."""
+    from benchmark.report.synthetic import ENV, make_record, write
+
+    for seed in (0, 1):
+        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 90.0 + seed,
+                                          env={**ENV, "world_size": 1 + seed}))
+        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "dkd", seed, 91.0 + seed,
+                                          env={**ENV, "world_size": 2}))
+    aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
+    text = (tmp_path / "t" / "digits_last.md").read_text()
+    assert "Rows mixing runs on different numbers of DDP processes: KD (1, 2 processes)." in text
+    assert "DKD (" not in text.split("Rows mixing runs")[1].split("\n")[0]

@@ -28,7 +28,7 @@ COMMUNITY_SOURCE_PREFIX = "community checkpoint"  # extra["source"] of a teacher
 COLUMNS = (
     "path", "suite", "teacher", "student", "method", "recipe", "recipe_hash", "seed", "epochs",
     "batch_size", "lr", "last_top1", "best_top1", "best_epoch", "teacher_top1", "teacher_ckpt", "teacher_source",
-    "wall_time_s", "images_per_s", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
+    "wall_time_s", "images_per_s", "world_size", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
     "ablation", "base_batch_size", "base_lr", "lr_rule", "curve_epoch", "curve_top1",
 )
 
@@ -139,6 +139,7 @@ def _row(path: Path, rec) -> dict[str, Any]:
         "teacher_ckpt": _str(rec.teacher_checkpoint_sha256),
         "teacher_source": recorded_teacher_source(rec.method, extra),
         "wall_time_s": _float(rec.wall_time_s),
+        "world_size": _int((rec.env if isinstance(rec.env, dict) else {}).get("world_size", 1)) or 1,
         "images_per_s": _float(rec.images_per_s),
         "has_runtime": bool(runtime) and all(k in runtime for k in RUNTIME_KEYS),
         "ablation": bool(extra.get("batch_size_ablation", False)),

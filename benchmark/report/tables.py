@@ -92,6 +92,7 @@ class Cell:
     mean: float
     std: float  # nan when n < 2
     recipe_hashes: tuple[str, ...] = ()
+    world_sizes: tuple[int, ...] = ()  # DDP processes of the runs behind the cell
     from_teacher_top1: bool = False  # teacher accuracy taken from the runs' teacher_top1
     best: bool = False
     indistinguishable: bool = False
@@ -374,7 +375,8 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                 sel = groups.get((pair, row.method, row.recipe, row.epochs))
                 if sel is not None:
                     row.cells[pair] = Cell.of(sel[column].to_numpy(dtype=float),
-                                              recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))))
+                                              recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))),
+                                              world_sizes=tuple(sorted({int(w) for w in sel["world_size"]})))
                     if row.method != STUDENT_ROW:
                         row.cells[pair].teacher_source = _kind_text(sel["teacher_kind"])
                         row.cells[pair].teacher_shas = tuple(sorted({s for s in sel["teacher_ckpt"] if s}))
@@ -453,6 +455,10 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
     if mixed_hashes:
         notes.append("Rows whose seeds come from different resolved recipes (recipe_hash): "
                      + "; ".join(mixed_hashes) + ".")
+    mixed_worlds = [f"{row.label} ({', '.join(map(str, sizes))} processes)" for row in rows
+                    if len(sizes := sorted({w for c in row.cells.values() for w in c.world_sizes})) > 1]
+    if mixed_worlds:
+        notes.append("Rows mixing runs on different numbers of DDP processes: " + "; ".join(mixed_worlds) + ".")
     stat_words = STATISTICS[statistic][1]
     if sources:
         notes.append(f"Δ = our mean − the published top-1 of the same suite, pair and method at the {stat_words} "
