@@ -53,6 +53,12 @@ def community_checkpoint_path(teachers_dir: str | os.PathLike, name: str, epoch:
 
 
 def read_community_checkpoint(path: str | os.PathLike) -> dict:
+    """A teacher/student weight file as ``{'model': state_dict, ...}``, loaded as tensors only.
+
+    Accepted layouts: the community ``{'model': state_dict}`` (RepDistiller / mdistiller),
+    ``{'state_dict': state_dict}`` (MMEngine / mdistiller ImageNet), and a plain state dict
+    (torchvision's own weight files, e.g. ``resnet34-b627a593.pth``).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -60,9 +66,13 @@ def read_community_checkpoint(path: str | os.PathLike) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise CheckpointError(f"checkpoint {path} is not in the community format {{'model': state_dict}}")
-    return payload
+    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+        return payload
+    if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
+        return {**payload, "model": payload["state_dict"]}
+    if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
+        return {"model": payload}
+    raise CheckpointError(f"checkpoint {path} holds no state dict ({{'model': ...}}, {{'state_dict': ...}} or a plain one)")
 
 
 def load_community_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:

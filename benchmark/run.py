@@ -32,9 +32,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe", help="recipe name (default: the suite's, 'unified')")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (milestones scale with it); for smoke runs")
     parser.add_argument("--batch-sizes", help="batch-size ablation: comma list; lr follows the linear rule from the recipe's batch")
-    parser.add_argument("--data-root", default="data", help="folder holding the dataset (cifar-100-python/ for cifar100)")
+    parser.add_argument("--data-root", default="data", help="folder holding the dataset: cifar-100-python/ for cifar100; train/ and val/ (ImageFolder) for imagenet")
     parser.add_argument("--download", action="store_true", help="download the dataset into --data-root if it is missing")
-    parser.add_argument("--teachers", help="folder of teacher checkpoints in the community layout <name>_vanilla/ckpt_epoch_240.pth")
+    parser.add_argument("--teachers", help="folder of teacher weight files: CIFAR <name>_vanilla/ckpt_epoch_240.pth (community layout); "
+                        "ImageNet <name>.pth or torchvision's V1 files (resnet34-b627a593.pth, resnet50-0676ba61.pth)")
+    parser.add_argument("--train-teachers", action="store_true",
+                        help="train the teachers that no file provides (default only where no --teachers is given on CIFAR/digits)")
     parser.add_argument("--work-dir", default="work_dirs", help="where runs are kept (default work_dirs/)")
     parser.add_argument("--tables", default="tables", help="where tables are written (default tables/)")
     parser.add_argument("--reports", default="reports", help="where plots and the report are written (default reports/)")

@@ -21,7 +21,7 @@ from mmengine.registry import DATASETS, MODELS
 from torch.utils.data import DataLoader
 
 from benchmark.claims import ClaimHeld, claim
-from benchmark.checkpoints import CheckpointError, community_checkpoint_path, load_community_checkpoint, sha256_of
+from benchmark.checkpoints import CheckpointError, load_community_checkpoint, sha256_of
 from benchmark.models import build_model
 from benchmark.records import TEACHER_ROW, RecordError, read_record, write_record
 from benchmark.errors import UsageError
@@ -77,11 +77,35 @@ class TeacherStage:
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.root = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, None) / "teachers"
 
+    def search_dirs(self) -> list[Path]:
+        """Where teacher files are looked for: --teachers, then torch.hub's cache where the suite says so."""
+        dirs = [Path(self.args.teachers)] if self.args.teachers else []
+        if self.suite.teachers_in_torch_hub:
+            dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+        return dirs
+
+    def expected_files(self, name: str) -> list[Path]:
+        return [folder / file for folder in self.search_dirs() for file in self.suite.teacher_files(name)]
+
     def community_path(self, name: str) -> Path | None:
-        if not self.args.teachers:
-            return None
-        path = community_checkpoint_path(self.args.teachers, name)
-        return path if path.is_file() else None
+        """The reference teacher's weight file, if one of the expected files exists."""
+        return next((path for path in self.expected_files(name) if path.is_file()), None)
+
+    def trained_before(self, name: str) -> bool:
+        return (self.run_dir(name) / "record.json").exists()
+
+    def may_train(self, name: str) -> bool:
+        """Whether a teacher without a file may be trained (or reused from an earlier training).
+
+        With --teachers every teacher must come from there (the Δs against published numbers
+        depend on it); suites that do not train teachers by default (ImageNet) need
+        --train-teachers; --train-teachers always allows it.
+        """
+        if getattr(self.args, "train_teachers", False):
+            return True
+        if self.args.teachers:
+            return False
+        return self.suite.trains_missing_teachers or self.trained_before(name)
 
     def run_dir(self, name: str) -> Path:
         return self.root / name / f"seed{TEACHER_SEED}"
@@ -94,7 +118,10 @@ class TeacherStage:
         if record.exists():
             return f"trained before, {record.parent}"
         epochs = self._recipe(name).schedule.epochs
-        where = f"no {name}_vanilla/ckpt_epoch_240.pth in {self.args.teachers}; " if self.args.teachers else ""
+        looked = " or ".join(map(str, self.expected_files(name)))
+        where = f"none of {looked}; " if looked else ""
+        if not self.may_train(name):
+            return f"{where}MISSING (the run stops: put the file there, or pass --train-teachers)"
         return f"{where}train alone with the {self.recipe} recipe ({epochs} epochs, CE) into {self.run_dir(name)}"
 
     def _recipe(self, name: str):
@@ -106,17 +133,21 @@ class TeacherStage:
         return len(dataset)
 
     def check_teacher_files(self, names: list[str]) -> None:
-        """With --teachers, every teacher the plan needs must be there: else stop before anything runs."""
-        if not self.args.teachers:
-            for name in names:
-                if not (self.run_dir(name) / "record.json").exists():
-                    print(f"teacher {name}: no --teachers given, so this sweep trains it with the {self.recipe} recipe "
-                          f"({self._recipe(name).schedule.epochs} epochs); published deltas need the community checkpoints", flush=True)
-            return
-        missing = [str(community_checkpoint_path(self.args.teachers, name)) for name in names if not self.community_path(name)]
-        if missing:
-            raise UsageError(f"--teachers {self.args.teachers} lacks {len(missing)} teacher checkpoint(s): {', '.join(missing)} "
-                             f"(layout <dir>/<name>_vanilla/ckpt_epoch_240.pth); omit --teachers to train them")
+        """Every teacher the plan needs is found, or may be trained: else stop before anything runs.
+
+        With --teachers, every file must be there (training is then only with --train-teachers);
+        suites that do not train missing teachers (ImageNet) stop unless --train-teachers.
+        """
+        missing = [name for name in names if not self.community_path(name)]
+        refused = [name for name in missing if not self.may_train(name)]
+        if refused:
+            expected = "; ".join(" or ".join(map(str, self.expected_files(name))) or f"--teachers DIR/{self.suite.teacher_files(name)[0]}"
+                                 for name in refused)
+            raise UsageError(f"{len(refused)} teacher file(s) not found: {expected}; put them there, or pass --train-teachers to train them")
+        for name in missing:
+            if not self.trained_before(name):
+                print(f"teacher {name}: no file found, so this sweep trains it with the {self.recipe} recipe "
+                      f"({self._recipe(name).schedule.epochs} epochs); published deltas need the reference teachers", flush=True)
 
     def ensure(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
         """The teacher's checkpoint, evaluated or trained under the teacher run's claim.

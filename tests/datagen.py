@@ -6,6 +6,9 @@ are Python 2 ``str``. That is why the official loader reads them with
 ``encoding='bytes'`` (keys come back as ``b'data'``) and torchvision with
 ``encoding='latin1'`` (keys come back as ``'data'``); a Python 3 ``pickle.dump`` of
 ``bytes`` keys would satisfy only the first.
+
+``write_tiny_imagefolder`` writes a small ImageNet in torchvision's ImageFolder layout
+(real JPEG files, WordNet-id class folders).
 """
 from __future__ import annotations
 
@@ -94,3 +97,51 @@ def read_python2_pickle(path: str | Path) -> dict[bytes, object]:
     """Read a file the way the CIFAR website's snippet does (bytes keys)."""
     with open(path, "rb") as infile:
         return pickle.load(infile, encoding="bytes")
+
+
+# The first ImageNet-1k class folders (WordNet ids, sorted as torchvision's ImageFolder sorts them).
+IMAGENET_FIRST_WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475",
+                        "n01496331", "n01498041", "n01514668", "n01514859", "n01518878")
+
+
+def wnid(i: int) -> str:
+    """A WordNet-id-like folder name: the real first ImageNet ones, then made-up, still sorted."""
+    return IMAGENET_FIRST_WNIDS[i] if i < len(IMAGENET_FIRST_WNIDS) else f"n{99_000_000 + i:08d}"
+
+
+def smooth_image(rng: np.random.Generator, size: tuple[int, int], mode: str = "RGB"):
+    """A PIL image of ``size`` (w, h): a coarse random colour field upsampled bicubically, plus
+    mild noise — compresses like a photo, unlike white noise."""
+    from PIL import Image
+
+    width, height = size
+    coarse = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    pixels = np.clip(field + rng.normal(0, 6, size=field.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+def write_tiny_imagefolder(root: str | Path, n_classes: int = 3, per_class_train: int = 4, per_class_val: int = 2,
+                           size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+    """Write ``<root>/train/<wnid>/<wnid>_<k>.JPEG`` and ``<root>/val/<wnid>/ILSVRC2012_val_<n>.JPEG``
+    (real JPEG files, PIL, quality 90) in torchvision's ImageFolder layout; returns ``root``.
+
+    ``size`` is (width, height). The first train image of the first class is a grayscale
+    (mode 'L') JPEG, as ImageNet has some: loaders must convert it to RGB.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    val_number = 0
+    for c in range(n_classes):
+        for split, count in (("train", per_class_train), ("val", per_class_val)):
+            folder = root / split / wnid(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                mode = "L" if (split, c, k) == ("train", 0, 0) else "RGB"
+                if split == "train":
+                    name = f"{wnid(c)}_{k}.JPEG"
+                else:
+                    val_number += 1
+                    name = f"ILSVRC2012_val_{val_number:08d}.JPEG"
+                smooth_image(rng, size, mode).save(folder / name, format="JPEG", quality=90)
+    return root

@@ -206,7 +206,7 @@ def test_cli_mistakes(extra, needle, tmp_path):
 def test_missing_teachers_stop_before_anything_runs(tmp_path):
     for teachers in (tmp_path / "nonexistent", tmp_path):  # a missing folder, and a folder without the file
         out = cli(*BASE, "--methods", "kd", "--teachers", str(teachers), "--work-dir", str(tmp_path / "w"))
-        one_line_error(out, "lacks 1 teacher checkpoint(s)", "small_cnn_w32_vanilla/ckpt_epoch_240.pth")
+        one_line_error(out, "1 teacher file(s) not found", "small_cnn_w32_vanilla/ckpt_epoch_240.pth")
         assert not (tmp_path / "w").exists()
 
 

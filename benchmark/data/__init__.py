@@ -1,22 +1,24 @@
-"""Data layer: raw uint8 datasets (CIFAR-100, sklearn digits), CRD negative sampling,
-and the batch preprocessor that augments and normalises on the model's device.
+"""Data layer: raw uint8 datasets (CIFAR-100, sklearn digits, ImageNet-1k), CRD negative
+sampling, and the batch preprocessor that augments and normalises on the model's device.
 
-Importing this package registers ``CIFAR100Distill`` and ``DigitsDistill`` in
-mmengine's ``DATASETS`` and ``DistillDataPreprocessor`` in ``MODELS``.
+Importing this package registers ``CIFAR100Distill``, ``DigitsDistill`` and
+``ImageNetDistill`` in mmengine's ``DATASETS`` and ``DistillDataPreprocessor`` in ``MODELS``.
 """
 from __future__ import annotations
 
 from .errors import DatasetCorruptError, DatasetNotFoundError
 from .base import DistillDataset
-from .contrast import ContrastSampler
+from .contrast import ClassBlockContrastSampler, ContrastSampler
 from .cifar100 import CIFAR100_MEAN, CIFAR100_STD, CIFAR100Distill
 from .digits import DIGITS_MEAN, DIGITS_STD, DigitsDistill
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetDistill
 from .preprocessor import DistillDataPreprocessor, random_crop_flip
 
 __all__ = [
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CIFAR100Distill",
+    "ClassBlockContrastSampler",
     "ContrastSampler",
     "DIGITS_MEAN",
     "DIGITS_STD",
@@ -25,5 +27,8 @@ __all__ = [
     "DigitsDistill",
     "DistillDataPreprocessor",
     "DistillDataset",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageNetDistill",
     "random_crop_flip",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 # Importing the families registers their models.
-from . import mobilenetv2, resnet, resnet_v2, shufflenetv1, shufflenetv2, small_cnn, vgg, wrn  # noqa: F401
+from . import imagenet, mobilenetv2, resnet, resnet_v2, shufflenetv1, shufflenetv2, small_cnn, vgg, wrn  # noqa: F401
 from .registry import UnknownModelError, get_entry, registered_names
 from .taps import FeatureRecorder, FeatureTap
 

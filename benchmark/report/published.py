@@ -2,7 +2,9 @@
 
 Columns: suite, teacher, student, method, top1, statistic, source. The ``student``
 rows (the student trained alone) are our ``ce`` rows; ``teacher`` rows are the
-teacher trained alone. CKD has no published numbers and none are invented.
+teacher trained alone. CKD has no published numbers and none are invented. Model names
+are the sources' (``ResNet34``); per suite they are mapped to the zoo's
+(``resnet34_in1k`` in suite ``imagenet``) when the table is read.
 """
 from __future__ import annotations
 
@@ -16,6 +18,15 @@ from benchmark.records import STUDENT_ROW, TEACHER_ROW
 
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "published_numbers.csv"
 _METHOD_MAP = {"student": STUDENT_ROW, "teacher": TEACHER_ROW}
+# Per suite: the papers' model names in the CSV -> the zoo's names (the CSV keeps the sources' spelling).
+_MODEL_MAP = {
+    "imagenet": {
+        "ResNet18": "resnet18_in1k",
+        "ResNet34": "resnet34_in1k",
+        "ResNet50": "resnet50_in1k",
+        "MobileNetV1": "mobilenetv1_in1k",
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,9 @@ def load_published(path: str | os.PathLike | None = None) -> PublishedTable:
         except ValueError:
             continue  # an empty or non-numeric cell is no published number
         method = _METHOD_MAP.get(row.method.strip(), row.method.strip())
-        key = (row.suite.strip(), row.teacher.strip(), row.student.strip(), method)
+        suite = row.suite.strip()
+        names = _MODEL_MAP.get(suite, {})
+        teacher, student = (names.get(name.strip(), name.strip()) for name in (row.teacher, row.student))
+        key = (suite, teacher, student, method)
         table[key] = Published(top1, row.statistic.strip(), row.source.strip())
     return table

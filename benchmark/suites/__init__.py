@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import LOW_LR_STUDENTS, Pair, ResolvedRecipe, Schedule, Suite, variant_name
+from .base import LOW_LR_STUDENTS, Pair, ResolvedRecipe, Schedule, Suite, community_layout, variant_name
 
 _SUITES: dict[str, Suite] = {}
 
@@ -40,4 +40,4 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base" and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["LOW_LR_STUDENTS", "Pair", "ResolvedRecipe", "Schedule", "Suite", "UnknownSuiteError", "get_suite", "register_suite", "suite_names", "variant_name"]
+__all__ = ["LOW_LR_STUDENTS", "Pair", "ResolvedRecipe", "Schedule", "Suite", "UnknownSuiteError", "get_suite", "register_suite", "suite_names", "variant_name", "community_layout"]

@@ -12,6 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+def community_layout(name: str) -> tuple[str, ...]:
+    """RepDistiller / mdistiller ``cifar_teachers.tar``: ``<name>_vanilla/ckpt_epoch_240.pth``."""
+    return (f"{name}_vanilla/ckpt_epoch_240.pth",)
+
+
 # Students the references train with lr 0.01 instead of 0.05 (RepDistiller / mdistiller).
 LOW_LR_STUDENTS = frozenset({"MobileNetV2", "ShuffleV1", "ShuffleV2"})
 
@@ -104,6 +109,13 @@ class Suite:
     cpu_threads: int | None = None
     default_recipe: str = "unified"
     description: str = ""
+    # Where a teacher's weights are looked for under --teachers: file names, best first.
+    teacher_files: Callable[[str], tuple[str, ...]] = community_layout
+    # Also look in torch.hub's checkpoint folder ($TORCH_HOME/hub/checkpoints), where
+    # torchvision keeps the weight files it downloads.
+    teachers_in_torch_hub: bool = False
+    # Without a teacher file, train the teacher (CIFAR); else only with --train-teachers (ImageNet).
+    trains_missing_teachers: bool = True
 
     def pair(self, name: str) -> Pair:
         for pair in self.pairs:
