@@ -54,14 +54,19 @@ def _dataset_cfg(suite: Suite, split: str, data_root: str, download: bool) -> di
 
 
 @torch.no_grad()
-def evaluate_top1(model: torch.nn.Module, suite: Suite, data_root: str, device: str, batch_size: int = 256) -> float:
-    """Top-1 (%) of ``model`` on the suite's test split, with the suite's normalisation."""
+def evaluate_top1(model: torch.nn.Module, suite: Suite, data_root: str, device: str, batch_size: int = 256,
+                  num_workers: int | None = None) -> float:
+    """Top-1 (%) of ``model`` on the suite's test split, with the suite's normalisation.
+
+    ``num_workers`` defaults to the dataset config's (ImageNet's 50,000 JPEGs need decoding workers).
+    """
     from benchmark.runner import CONFIG_DIR
 
     base = Config.fromfile(CONFIG_DIR / "datasets" / f"{suite.dataset_base}.py")
     preprocessor = MODELS.build({**base["data_preprocessor"], "augment": False}).to(device)
     dataset = DATASETS.build(_dataset_cfg(suite, "val", data_root, download=False))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate)
+    workers = base["val_dataloader"].get("num_workers", 0) if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=default_collate, num_workers=workers)
     model = model.to(device).eval()
     correct = total = 0
     for batch in loader:
@@ -180,7 +185,7 @@ class TeacherStage:
         model = build_model(name, self.suite.num_classes)
         load_community_checkpoint(model, path)
         say(f"teacher {name}: evaluating {path} on the test split")
-        top1 = round(evaluate_top1(model, self.suite, self.args.data_root, self.device), 4)
+        top1 = round(evaluate_top1(model, self.suite, self.args.data_root, self.device, num_workers=self.args.num_workers), 4)
         if not write:
             return TeacherInfo(str(path), digest, top1, COMMUNITY)
         spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, self._recipe(name), TEACHER_SEED, run_dir, device=self.device)

@@ -118,33 +118,33 @@ class StepRunner:
         return 1e3 * (t5 - t0)
 
 
-def _probe(model: nn.Module, recorder: Any, device: torch.device) -> dict[str, tuple[int, ...]]:
+def _probe(model: nn.Module, recorder: Any, device: torch.device, image_size: int = 32) -> dict[str, tuple[int, ...]]:
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(2, 3, 32, 32, device=device))
+        model(torch.zeros(2, 3, image_size, image_size, device=device))
     model.train()
     return {name: tuple(t.shape) for name, t in recorder.features.items()}
 
 
 def build_runners(
     teacher_name: str, student_name: str, batch_size: int, methods: list[str], device: torch.device,
-    num_data: int = 50_000, seed: int = 0, clock: str = "wall",
+    num_data: int = 50_000, seed: int = 0, clock: str = "wall", image_size: int = 32, num_classes: int = 100,
 ) -> tuple[StepRunner, list[StepRunner]]:
     """The floor and one runner per method, all starting from the same weights and batch."""
     from benchmark.models import FeatureRecorder, build_model, feature_taps
 
     torch.manual_seed(seed)
-    teacher_proto = build_model(teacher_name, 100).to(device).eval().requires_grad_(False)
-    student_proto = build_model(student_name, 100).to(device)
+    teacher_proto = build_model(teacher_name, num_classes).to(device).eval().requires_grad_(False)
+    student_proto = build_model(student_name, num_classes).to(device)
     gen = torch.Generator().manual_seed(seed)
     index = torch.randperm(num_data, generator=gen)[:batch_size]
-    images = torch.randn(batch_size, 3, 32, 32, generator=gen)
-    target = torch.randint(100, (batch_size,), generator=gen)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=gen)
+    target = torch.randint(num_classes, (batch_size,), generator=gen)
 
     def copies() -> tuple[nn.Module, nn.Module]:
-        teacher = build_model(teacher_name, 100).to(device)
+        teacher = build_model(teacher_name, num_classes).to(device)
         teacher.load_state_dict(teacher_proto.state_dict())
-        student = build_model(student_name, 100).to(device)
+        student = build_model(student_name, num_classes).to(device)
         student.load_state_dict(student_proto.state_dict())
         return teacher.eval().requires_grad_(False), student.train()
 
@@ -168,10 +168,10 @@ def build_runners(
         if taps:
             rec_s = FeatureRecorder(student, {t: feature_taps(student_name)[t] for t in taps})
             rec_t = FeatureRecorder(teacher, {t: feature_taps(teacher_name)[t] for t in taps})
-            shapes_s, shapes_t = _probe(student, rec_s, device), _probe(teacher, rec_t, device)
+            shapes_s, shapes_t = _probe(student, rec_s, device, image_size), _probe(teacher, rec_t, device, image_size)
             teacher.eval()
             recorders = (rec_s, rec_t)
-        context = DistillContext(num_classes=100, num_data=num_data, student_shapes=shapes_s, teacher_shapes=shapes_t)
+        context = DistillContext(num_classes=num_classes, num_data=num_data, student_shapes=shapes_s, teacher_shapes=shapes_t)
         torch.manual_seed(seed)
         method = build_method(name, context).to(device).train()
         params = list(student.parameters()) + list(method.parameters())
@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--num-data", type=int, default=50_000, help="CRD bank size (CIFAR-100 train set)")
+    parser.add_argument("--image-size", type=int, default=32, help="input side (32 for CIFAR-100, 224 for ImageNet)")
+    parser.add_argument("--num-classes", type=int, default=100, help="classes (100 CIFAR-100, 1000 ImageNet)")
     add_device_arguments(parser)
     parser.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
                         help="auto: CPU time on a one-thread CPU run, else wall time")
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
     methods = [m for m in args.methods.split(",") if m]
     floor, runners = build_runners(args.teacher, args.student, args.batch_size, methods, device, args.num_data,
-                                   clock=clock)
+                                   clock=clock, image_size=args.image_size, num_classes=args.num_classes)
     times = measure(floor, runners, args.iters, args.warmup)
     clock_fn = time.process_time if clock == "cpu" else time.perf_counter
     loss_ms = {r.name: median(adaptive_ms(loss_only(r), device, min_time_s=1.0, min_repeats=5, clock=clock_fn))
@@ -390,6 +392,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "env": env_info(device),
         "config": {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
+                   "image_size": args.image_size, "num_classes": args.num_classes,
                    "clock": clock, "iters": args.iters, "warmup": args.warmup, "num_data": args.num_data, "target_ratio": TARGET_RATIO},
         "result": result,
     }
