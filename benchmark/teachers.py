@@ -161,6 +161,10 @@ class TeacherStage:
         checkpoint that another sweep is evaluating is evaluated here too, without writing.
         """
         found = self.community_path(name)
+        if not found:
+            done = self._completed_training(name)
+            if done:  # a completed teacher is never written again: no claim needed to read it
+                return done
         try:
             with claim(self.run_dir(name), say):
                 if found:
@@ -170,6 +174,19 @@ class TeacherStage:
             if not found:
                 raise
             return self._from_checkpoint(name, found, say, write=False)
+
+    def _completed_training(self, name: str) -> TeacherInfo | None:
+        from benchmark.runner import STUDENT_EXPORT
+
+        run_dir = self.run_dir(name)
+        try:
+            record = read_record(run_dir / "record.json")
+        except RecordError:
+            return None  # absent, or to be judged (and reported) under the claim
+        path = run_dir / STUDENT_EXPORT
+        if record.status == "completed" and record.recipe_hash == self._recipe(name).hash and path.is_file():
+            return TeacherInfo(str(path), sha256_of(path), record.last_top1, TRAINED)
+        return None
 
     def _from_checkpoint(self, name: str, path: Path, say: Callable[[str], Any], write: bool = True) -> TeacherInfo:
         from benchmark.runner import RunSpec, new_record
