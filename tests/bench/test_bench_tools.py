@@ -120,3 +120,15 @@ def test_step_overhead_tiny(tmp_path):
     assert rows["fitnet"]["extra_params"] > 0 and rows["kd"]["extra_params"] == 0
     assert report["result"]["contrast_draw_ms"] > 0
     assert "| crd |" in out.with_suffix(".md").read_text()
+
+
+def test_crd_sync_benchmark_runs_two_gloo_processes_and_reports_the_overhead(tmp_path):
+    from benchmark.bench import crd_sync
+
+    out = tmp_path / "crd_sync.json"
+    crd_sync.main(["--nproc", "2", "--batch-size", "8", "--num-data", "512", "--nce-k", "16", "--feat-dim", "8",
+                   "--reps", "2", "--warmup", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["config"]["nproc"] == 2 and report["synchronised_ms"] > 0 and report["local_only_ms"] > 0
+    assert report["sync_overhead_ms"] == pytest.approx(report["synchronised_ms"] - report["local_only_ms"], abs=2e-3)
+    assert out.with_suffix(".md").read_text().startswith("# CRD memory step under DDP")
