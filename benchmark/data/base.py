@@ -10,7 +10,40 @@ from torch.utils.data import Dataset
 from .contrast import ContrastSampler
 
 
-class DistillDataset(Dataset):
+class DistillItems(Dataset):
+    """The item protocol shared by every suite's dataset (subclasses set ``classes``,
+    ``targets`` and ``contrast``, and say how to read one image)."""
+
+    classes: tuple[str, ...]
+    targets: Sequence[int]
+    contrast: Any = None  # a sampler with ``draw(index) -> int64 [K + 1]``, or None
+
+    def image(self, index: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def metainfo(self) -> dict[str, Any]:
+        """What mmengine's loops hand to evaluators as ``dataset_meta``."""
+        return {"classes": self.classes}
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if index < 0:  # keep 'index' and contrast column 0 canonical
+            index += len(self)
+        item: dict[str, Any] = {"inputs": self.image(index), "target": int(self.targets[index]), "index": index}
+        if self.contrast is not None:
+            item["contrast_index"] = torch.from_numpy(self.contrast.draw(index))
+        return item
+
+
+class DistillDataset(DistillItems):
     """Raw uint8 images with labels; items are dicts that mmengine's ``default_collate`` batches.
 
     Items: ``{'inputs': uint8 [3, H, W], 'target': int, 'index': int}`` plus
@@ -31,23 +64,5 @@ class DistillDataset(Dataset):
         self.contrast_k = contrast_k
         self.contrast = None if contrast_k is None else ContrastSampler(self.targets, contrast_k)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def metainfo(self) -> dict[str, Any]:
-        """What mmengine's loops hand to evaluators as ``dataset_meta``."""
-        return {"classes": self.classes}
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:  # keep 'index' and contrast column 0 canonical
-            index += len(self)
-        item: dict[str, Any] = {"inputs": self.images[index], "target": self.targets[index], "index": index}
-        if self.contrast is not None:
-            item["contrast_index"] = torch.from_numpy(self.contrast.draw(index))
-        return item
+    def image(self, index: int) -> torch.Tensor:
+        return self.images[index]

@@ -52,17 +52,16 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from mmengine.registry import DATASETS
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
+from .base import DistillItems
 from .contrast import ClassBlockContrastSampler
 from .errors import DatasetCorruptError, DatasetNotFoundError
 
@@ -173,7 +172,7 @@ def val_image(path: str | os.PathLike, resize: int = RESIZE_SIZE, crop: int = CR
 
 
 @DATASETS.register_module()
-class ImageNetDistill(Dataset):
+class ImageNetDistill(DistillItems):
     """ImageNet-1k (ImageFolder layout) as uint8 CHW crops with optional CRD negatives.
 
     Items, as every suite dataset (:class:`~benchmark.data.base.DistillDataset`):
@@ -232,18 +231,6 @@ class ImageNetDistill(Dataset):
     def _scan(folder: Path, classes: tuple[str, ...] | None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
         return _scan(str(folder), folder.stat().st_mtime_ns, classes)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def metainfo(self) -> dict[str, Any]:
-        """What mmengine's loops hand to evaluators as ``dataset_meta``."""
-        return {"classes": self.classes}
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
     def path(self, index: int) -> Path:
         return self.split_dir / os.fsdecode(self.paths[index])
 
@@ -257,14 +244,8 @@ class ImageNetDistill(Dataset):
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DatasetCorruptError(f"ImageNet image {path} cannot be read ({_one_line(err)})", path) from err
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        if index < 0:  # keep 'index' and contrast column 0 canonical
-            index += len(self)
-        item: dict[str, Any] = {"inputs": self.load(index), "target": int(self.targets[index]), "index": index}
-        if self.contrast is not None:
-            item["contrast_index"] = torch.from_numpy(self.contrast.draw(index))
-        return item
+    def image(self, index: int) -> torch.Tensor:
+        return self.load(index)
 
 
 __all__ = [
