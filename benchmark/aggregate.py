@@ -14,7 +14,8 @@ Every ``record.json`` under the work dirs is read (recursively). Corrupt, partia
 unknown-schema files, failed and still-running runs (and duplicates of a run) are
 skipped with one warning line each and counted. For each suite it writes
 ``<suite>_last.{md,tex,csv}`` (last-epoch top-1, the default) and
-``<suite>_best.{md,tex,csv}`` to the tables dir, the plots to the reports dir and
+``<suite>_best.{md,tex,csv}`` to the tables dir (for a suite with several metrics per pair,
+e.g. COCO: AP / AP50 / AP75 per pair, the best epoch chosen by mAP), the plots to the reports dir and
 ``reports/index.md`` (+ ``index.html``). Same records in, byte-identical files out.
 
 Exit codes of the CLI: 0 ok, 1 no usable record, 2 a work dir does not exist.
@@ -95,7 +96,7 @@ def aggregate(work_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
             raise FileNotFoundError(f"work dir not found: {work_dir}")
     from benchmark.report import index as index_mod
     from benchmark.report import plots, tables
-    from benchmark.report.load import load_records
+    from benchmark.report.load import load_records, with_metric
     from benchmark.report.published import load_published
 
     tables_dir, reports_dir = Path(tables_dir), Path(reports_dir)
@@ -112,23 +113,33 @@ def aggregate(work_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
 
     for suite in sorted(set(frame["suite"])):
         runs = frame[frame["suite"] == suite]
+        spec = tables.suite_metric_spec(suite, runs)
+        if spec is not None:  # several metrics per pair (COCO: AP, AP50, AP75); plots show the primary one
+            runs = with_metric(runs, spec.metrics[0])
         main, ablation = runs[~runs["ablation"].astype(bool)], runs[runs["ablation"].astype(bool)]
-        suite_tables = tables.build_suite_tables(main, suite, published, tables.suite_pair_order(suite))
+        if spec is None:
+            suite_tables = tables.build_suite_tables(main, suite, published, tables.suite_pair_order(suite))
+            written = [tables.write_table(table, tables_dir) for table in suite_tables]
+            primary_tables, label = suite_tables, "top-1"
+        else:
+            suite_tables = tables.build_metric_tables(main, suite, spec, tables.suite_pair_order(suite))
+            written = [tables.write_metric_table(table, tables_dir) for table in suite_tables]
+            primary_tables, label = [t.primary for t in suite_tables], spec.labels[0]
         suite_plots: list[tuple[str, list[Path]]] = []
         notes: list[str] = []
-        for table in suite_tables:
-            summary.tables += tables.write_table(table, tables_dir)
+        for paths in written:
+            summary.tables += paths
         if not suite_tables:
             notes.append("no table: no student runs outside the batch-size ablation")
         if suite_tables:
-            last = suite_tables[0]
-            suite_plots.append(("Training curves", plots.plot_curves(last, main, reports_dir)))
+            last = primary_tables[0]
+            suite_plots.append(("Training curves", plots.plot_curves(last, main, reports_dir, metric_label=label)))
             runtime = plots.plot_runtime(last, main, reports_dir)
             if runtime:
                 suite_plots.append(("Time per iteration", runtime))
             else:
                 notes.append("runtime plot skipped: no run recorded its runtime")
-        batch = plots.plot_batch_size(suite, ablation, main, reports_dir)
+        batch = plots.plot_batch_size(suite, ablation, main, reports_dir, metric_label=label)
         if batch:
             suite_plots.append(("Accuracy vs batch size", batch))
         for _, paths in suite_plots:
@@ -188,7 +199,8 @@ def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, compl
         for table in suite_tables:
             words = "last epoch (default)" if table.statistic == "last" else "best epoch"
             paths = [tables_dir / f"{table.stem}.{ext}" for ext in ("md", "tex", "csv")]
-            items.append(f"Table, top-1 at the {words}: {_links(paths, reports_dir)}")
+            shown = " / ".join(table.spec.labels) if hasattr(table, "spec") else "top-1"
+            items.append(f"Table, {shown} at the {words}: {_links(paths, reports_dir)}")
         if suite_tables:
             items.append(_teachers_item(suite_tables[0]))
         for name, paths in suite_plots:

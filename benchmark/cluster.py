@@ -500,8 +500,8 @@ def _assess_once(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerVi
     marker = read_marker(run_dir)
     common = dict(record=record, marker=marker, epochs=total, epochs_done=done, wall_s=wall)
     if record is not None and record.status == "completed":
-        best = f" (best {record.best_top1:.2f} at epoch {record.best_epoch})" if record.best_epoch else ""
-        return Assessment("completed", f"top-1 {record.last_top1:.2f}{best}", **common)
+        best = f" (best {record.best_value():.2f} at epoch {record.best_epoch})" if record.best_epoch else ""
+        return Assessment("completed", f"{record.metric_text()}{best}", **common)
     holder = holder_of(run_dir)
     job = f"{marker.describe()}, " if marker else ""
     if holder:
@@ -509,7 +509,7 @@ def _assess_once(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerVi
             last = record.curve[-1]
             a = Assessment("running", "", holder=holder, **common)
             eta = a.eta_s
-            a.detail = (f"epoch {last.epoch}/{total}, top-1 {last.top1:.2f}, ETA {format_duration(eta) if eta is not None else '–'} "
+            a.detail = (f"epoch {last.epoch}/{total}, {record.metric_text(last)}, ETA {format_duration(eta) if eta is not None else '–'} "
                         f"({job}{holder})")
             return a
         return Assessment("running", f"starting ({job}{holder})", holder=holder, **common)
@@ -624,7 +624,7 @@ def print_status(args: argparse.Namespace) -> int:
         for row in teachers:
             if row.community is not None:
                 a = row.assess(view)
-                measured = f", top-1 {a.record.last_top1:.2f}" if a.kind == "completed" else ", evaluated by the first run that needs it"
+                measured = f", {a.record.metric_text()}" if a.kind == "completed" else ", evaluated by the first run that needs it"
                 say(f"  {row.teacher}: checkpoint {row.community}{measured}")
                 continue
             a = row.assess(view)

@@ -3,7 +3,8 @@
 - :class:`TopKAccuracy`: top-1 / top-5 of the student on the validation split.
 - :class:`EpochTracker`: tells the model the current epoch (counted from 1; DKD warm-up).
 - :class:`NonFiniteLossGuard`: stops a run whose loss is NaN/inf (the run is recorded as failed).
-- :class:`RunRecordHook`: per-epoch curve into the run record, written after every epoch.
+- :class:`RunRecordHook`: per-epoch curve of the suite's metrics (top-1/top-5, or e.g. COCO bbox
+  mAP) into the run record, written after every validation.
 - :class:`StepTimingHook`: per-iteration data wait / teacher forward / student forward+backward /
   distillation loss, peak memory and images/s, averaged after warm-up.
 """
@@ -22,7 +23,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS, METRICS
 
 from benchmark import faults
-from benchmark.records import EpochPoint, RunRecord
+from benchmark.records import CLASSIFICATION, CLASSIFICATION_METRICS, EpochPoint, Metric, RunRecord, metric_label
 from methods import distributed
 
 
@@ -104,9 +105,30 @@ def method_of(runner) -> str | None:
     return with_method or (runner.cfg.get("model", {}).get("method", {}) or {}).get("type")
 
 
+def metric_values(metrics: dict[str, float] | None, specs: Sequence[Metric]) -> dict[str, float | None] | None:
+    """The suite's metrics (record names, scaled) from MMEngine's validation results; None when
+    the validation reported none of them and the suite has no value for that case."""
+    metrics = metrics or {}
+    if not any(m.key in metrics for m in specs) and any(m.when_absent is None for m in specs):
+        return None
+    values: dict[str, float | None] = {}
+    for metric in specs:
+        raw = metrics.get(metric.key)
+        if raw is None:
+            values[metric.name] = metric.when_absent
+        elif metric.undefined_below is not None and float(raw) < metric.undefined_below:
+            values[metric.name] = None
+        else:
+            values[metric.name] = round(float(raw) * metric.scale, 4)
+    return values
+
+
 @HOOKS.register_module()
 class RunRecordHook(Hook):
-    """Appends (epoch, top-1, top-5, mean loss) to the run record after each validation.
+    """Appends (epoch, the suite's metrics, mean loss) to the run record after each validation.
+
+    ``metrics`` says where each of the suite's metrics is in MMEngine's validation results
+    (default: ``val/top1``, ``val/top5`` of :class:`TopKAccuracy`).
 
     The record is written after every validation, so an interrupted run keeps its curve.
     What a resumed run needs to leave exactly the record of an uninterrupted one travels
@@ -118,8 +140,10 @@ class RunRecordHook(Hook):
 
     priority = "LOW"  # before CheckpointHook (VERY_LOW) in after_train_epoch
 
-    def __init__(self, record: RunRecord, save: Callable[[RunRecord], Any], progress: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, record: RunRecord, save: Callable[[RunRecord], Any], progress: Callable[[str], Any] | None = None,
+                 metrics: Sequence[Metric] = CLASSIFICATION) -> None:
         self.record, self.save, self.progress = record, save, progress
+        self.metrics = tuple(metrics)
         self._loss_sum, self._loss_count = 0.0, 0
         self._epoch_loss: float | None = None
         self._epoch_start = self._attempt_start = time.perf_counter()
@@ -163,17 +187,30 @@ class RunRecordHook(Hook):
         epoch = int(checkpoint["meta"]["epoch"])
         self.record.curve = [p for p in self.record.curve if p.epoch <= epoch]
 
+    def point(self, epoch: int, metrics: dict[str, float] | None) -> EpochPoint | None:
+        """The curve point of one validation; None when it reported none of the suite's metrics."""
+        values = metric_values(metrics, self.metrics)
+        if values is None:
+            return None
+        if {m.name for m in self.metrics} <= set(CLASSIFICATION_METRICS):
+            return EpochPoint(epoch=epoch, top1=values.get("top1"), top5=values.get("top5"), loss=self._epoch_loss)
+        return EpochPoint(epoch=epoch, loss=self._epoch_loss, metrics=values)
+
     def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
-        if not metrics or "val/top1" not in metrics:
-            return
         epoch = runner.epoch  # the train loop has already counted the finished epoch
-        point = EpochPoint(epoch=epoch, top1=round(metrics["val/top1"], 4), top5=round(metrics["val/top5"], 4), loss=self._epoch_loss)
+        point = self.point(epoch, metrics)
+        if point is None:
+            return
         self.record.curve = [p for p in self.record.curve if p.epoch < epoch] + [point]
         self.write()
         if self.progress:
             seconds = time.perf_counter() - self._epoch_start
             loss = point.loss if point.loss is None else round(point.loss, 4)
-            self.progress(f"epoch {epoch}/{runner.max_epochs}  top1 {point.top1:.2f}  loss {loss}  ({seconds:.1f}s)")
+            primary = self.metrics[0].name
+            value = point.value(primary)
+            shown = "–" if value is None else f"{value:.2f}"
+            label = "top1" if primary == "top1" else metric_label(primary)
+            self.progress(f"epoch {epoch}/{runner.max_epochs}  {label} {shown}  loss {loss}  ({seconds:.1f}s)")
         faults.fire("after_validation", epoch=epoch, method=method_of(runner))
 
 
@@ -188,6 +225,17 @@ class FaultPoints(Hook):
 
     def after_train_epoch(self, runner) -> None:
         faults.fire("after_checkpoint", epoch=runner.epoch + 1, method=method_of(runner))
+
+
+def batch_images(data_batch: Any) -> int:
+    """Images in one training batch: ``target`` of the classification batches, else ``inputs``
+    (MMDetection's batches: a list of images and their data samples)."""
+    if not isinstance(data_batch, dict):
+        return 0
+    for key in ("target", "inputs"):
+        if key in data_batch:
+            return len(data_batch[key])
+    return 0
 
 
 def peak_memory_mb(device: torch.device | str) -> tuple[float, str]:
@@ -253,7 +301,7 @@ class StepTimingHook(Hook):
             for key, value in sample.items():
                 self._sums[key] = self._sums.get(key, 0.0) + value
             self._count += 1
-            self._images += len(data_batch["target"]) if data_batch and "target" in data_batch else 0
+            self._images += batch_images(data_batch)
         self._last_end = end
 
     # The sums travel with each checkpoint, so a resumed run reports images/s and timings

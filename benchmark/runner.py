@@ -2,7 +2,9 @@
 
 ``RunSpec`` names a run; :func:`build_config` turns it into an MMEngine ``Config`` from the
 ``_base_`` files in ``benchmark/configs`` (runtime, dataset, schedule) plus the run's own
-values, and dumps it into the run directory; :func:`execute` trains it with MMEngine's
+values — or, for a suite that builds its own configs (``suite.build_config``, e.g. COCO
+detection from the MMDetection-style files in ``benchmark/configs/coco``), from the suite —
+and dumps it into the run directory; :func:`execute` trains it with MMEngine's
 ``Runner`` (resuming from the run's last checkpoint when asked), exports the student in
 the community checkpoint format and writes the final run record.
 """
@@ -36,7 +38,7 @@ from benchmark.checkpoints import (
     save_community_checkpoint,
 )
 from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb
-from benchmark.records import RECORD_FILE, RunRecord, read_record, write_record
+from benchmark.records import CLASSIFICATION, RECORD_FILE, Metric, RunRecord, read_record, write_record
 from benchmark.suites import Pair, ResolvedRecipe, Suite
 from methods import METHODS
 
@@ -107,6 +109,9 @@ def _schedule_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def build_config(spec: RunSpec, num_data: int) -> Config:
+    suite_builder = getattr(spec.suite, "build_config", None)
+    if suite_builder is not None:  # a suite with its own config files (COCO detection)
+        return suite_builder(spec, num_data)
     cfg = Config.fromfile(CONFIG_DIR / "default_runtime.py")
     dataset = Config.fromfile(CONFIG_DIR / "datasets" / f"{spec.suite.dataset_base}.py").to_dict()
     cfg.merge_from_dict(dataset)
@@ -196,8 +201,18 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
+def suite_metrics(suite: Suite) -> tuple[Metric, ...]:
+    """The suite's metrics (``suite.metrics``), top-1/top-5 for the classification suites."""
+    return tuple(getattr(suite, "metrics", None) or CLASSIFICATION)
+
+
 def new_record(spec: RunSpec) -> RunRecord:
     schedule = spec.recipe.schedule
+    metrics = suite_metrics(spec.suite)
+    extra = dict(spec.extra, recipe=spec.recipe.to_dict(),
+                 **({"per_process_batch": spec.per_process_batch, "sync_bn": spec.sync_bn} if spec.world_size > 1 else {}))
+    if metrics != CLASSIFICATION and spec.teacher_checkpoint:
+        extra.setdefault("teacher_file", Path(spec.teacher_checkpoint).name)  # which checkpoint, for the tables
     return RunRecord(
         suite=spec.suite.name,
         pair=spec.pair.name,
@@ -212,10 +227,16 @@ def new_record(spec: RunSpec) -> RunRecord:
         lr=schedule.lr,
         teacher_checkpoint_sha256=spec.teacher_checkpoint_sha256,
         teacher_top1=spec.teacher_top1,
-        env={**environment(spec.device), "world_size": spec.world_size},
-        extra=dict(spec.extra, recipe=spec.recipe.to_dict(),
-                   **({"per_process_batch": spec.per_process_batch, "sync_bn": spec.sync_bn} if spec.world_size > 1 else {})),
+        env={**environment(spec.device), "world_size": spec.world_size, **_suite_env(spec.suite)},
+        extra=extra,
+        metric_names=[m.name for m in metrics],
     )
+
+
+def _suite_env(suite: Suite) -> dict[str, Any]:
+    """Versions of the suite's own stack (e.g. mmdet, mmcv for detection) for the record's env."""
+    versions = getattr(suite, "stack_versions", None)
+    return versions() if callable(versions) else {}
 
 
 class AtomicCheckpointRunner(Runner):
@@ -315,11 +336,13 @@ def train(
         log_level=cfg.log_level,
         randomness=cfg.randomness,
         visualizer=cfg.get("visualizer"),
+        log_processor=cfg.get("log_processor"),
+        default_scope=cfg.get("default_scope") or "mmengine",
         experiment_name=f"{spec.suite.name}_{spec.pair.name}_{spec.method}_s{spec.seed}_{uuid.uuid4().hex[:8]}",
         cfg=cfg,
     )
     timing = StepTimingHook()
-    record_hook = RunRecordHook(record, save, progress if main_process else None)
+    record_hook = RunRecordHook(record, save, progress if main_process else None, metrics=suite_metrics(spec.suite))
     runner.register_hook(EpochSeeder(spec.seed))
     runner.register_hook(record_hook)
     runner.register_hook(timing)
@@ -354,7 +377,11 @@ def train(
     record.status = "completed"
     if main_process:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
+        export = getattr(spec.suite, "export_student", None)
+        if export is not None:  # the suite's own format (detection: an MMDetection checkpoint)
+            export(model, spec.run_dir / STUDENT_EXPORT, record)
+        else:
+            save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
     record_hook.write()
     return record
 
@@ -363,4 +390,4 @@ def has_checkpoint(run_dir: Path) -> bool:
     return bool(epoch_checkpoints(run_dir / "mmengine"))
 
 
-__all__ = ["RunSpec", "build_config", "execute", "new_record", "has_checkpoint", "environment", "STUDENT_EXPORT"]
+__all__ = ["RunSpec", "build_config", "execute", "new_record", "has_checkpoint", "environment", "suite_metrics", "STUDENT_EXPORT"]

@@ -102,7 +102,7 @@ def with_world_size(resolved, args: argparse.Namespace):
         raise UsageError(f"--nproc {nproc} does not divide the batch size {batch} (the recipe's batch is the global batch)")
     notes = (f"DDP over {nproc} processes, {batch // nproc} images each; lr unchanged",)
     method = dict(resolved.method)
-    if method["type"] == "ckd":
+    if method["type"] == "ckd" and "contrast" not in resolved.method:  # a suite may fix it (COCO: the RoIs of the device)
         method["contrast"] = args.ckd_contrast
         notes += ("CKD negatives from the global batch" if args.ckd_contrast == "global" else
                   "CKD negatives from each process's batch only (as DataParallel computed the official loss per replica)",)
@@ -348,7 +348,7 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
 
     state, record = existing_state(run)  # read only now that the run is ours
     if state == "completed":
-        say(f"{prefix}: done before (top-1 last {record.last_top1:.2f}), skipped")
+        say(f"{prefix}: done before ({record.headline(best=False)}), skipped")
         outcome.completed += 1
         progress.finished(run, None)
         return
@@ -390,7 +390,7 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
     progress.finished(run, elapsed)
     if record.status == "completed":
         outcome.completed += 1
-        say(f"{prefix}: top-1 last {record.last_top1:.2f} best {record.best_top1:.2f} in {elapsed:.1f}s "
+        say(f"{prefix}: {record.headline()} in {elapsed:.1f}s "
             f"({record.images_per_s or 0:.0f} img/s) | {progress.eta()}")
     else:
         outcome.failed.append(run.label)

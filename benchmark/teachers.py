@@ -185,7 +185,7 @@ class TeacherStage:
             return None  # absent, or to be judged (and reported) under the claim
         path = run_dir / STUDENT_EXPORT
         if record.status == "completed" and record.recipe_hash == self._recipe(name).hash and path.is_file():
-            return TeacherInfo(str(path), sha256_of(path), record.last_top1, TRAINED)
+            return TeacherInfo(str(path), sha256_of(path), record.last_value(), TRAINED)
         return None
 
     def _from_checkpoint(self, name: str, path: Path, say: Callable[[str], Any], write: bool = True) -> TeacherInfo:
@@ -196,22 +196,29 @@ class TeacherStage:
         try:
             record = read_record(run_dir / "record.json")
             if record.teacher_checkpoint_sha256 == digest and record.status == "completed":
-                return TeacherInfo(str(path), digest, record.last_top1, COMMUNITY)
+                return TeacherInfo(str(path), digest, record.last_value(), COMMUNITY)
         except RecordError:
             pass
-        model = build_model(name, self.suite.num_classes)
-        load_community_checkpoint(model, path)
         say(f"teacher {name}: evaluating {path} on the test split")
-        top1 = round(evaluate_top1(model, self.suite, self.args.data_root, self.device, num_workers=self.args.num_workers), 4)
-        if not write:
-            return TeacherInfo(str(path), digest, top1, COMMUNITY)
+        evaluate = getattr(self.suite, "evaluate_teacher", None)
+        if evaluate is not None:  # a suite with its own networks and metrics (COCO: MMDetection, bbox AP)
+            values = evaluate(name, path, self.args.data_root, self.device, num_workers=self.args.num_workers)
+        else:
+            model = build_model(name, self.suite.num_classes)
+            load_community_checkpoint(model, path)
+            values = {"top1": round(evaluate_top1(model, self.suite, self.args.data_root, self.device,
+                                                  num_workers=self.args.num_workers), 4)}
         spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, self._recipe(name), TEACHER_SEED, run_dir, device=self.device)
         record = new_record(spec)
-        record.status, record.last_top1, record.best_top1 = "completed", top1, top1
+        record.status = "completed"
+        record.record_evaluation(values)
+        top1 = record.last_value()  # the suite's primary metric: top-1, or bbox mAP for COCO
+        if not write:
+            return TeacherInfo(str(path), digest, top1, COMMUNITY)
         record.teacher_checkpoint_sha256, record.teacher_top1 = digest, top1
         record.extra["source"] = f"community checkpoint {path}"
         write_record(record, run_dir)
-        say(f"teacher {name}: top-1 {top1:.2f} from {path}")
+        say(f"teacher {name}: {record.metric_text()} from {path}")
         return TeacherInfo(str(path), digest, top1, COMMUNITY)
 
     def _train(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
@@ -233,7 +240,7 @@ class TeacherStage:
                 raise UsageError(f"{run_dir} holds a teacher of another recipe (hash {record.recipe_hash}, now {recipe.hash})")
             if record.status == "completed":
                 path = run_dir / STUDENT_EXPORT
-                return TeacherInfo(str(path), sha256_of(path), record.last_top1, TRAINED)
+                return TeacherInfo(str(path), sha256_of(path), record.last_value(), TRAINED)
             if record.status == "failed":
                 raise UsageError(f"teacher {name} failed to train ({record.failure}); see {run_dir}")
             resume = True
@@ -245,8 +252,8 @@ class TeacherStage:
         if record.status != "completed":
             raise UsageError(f"teacher {name} failed to train: {record.failure}")
         path = run_dir / STUDENT_EXPORT
-        say(f"teacher {name}: top-1 {record.last_top1:.2f} ({record.wall_time_s:.1f}s)")
-        return TeacherInfo(str(path), sha256_of(path), record.last_top1, TRAINED)
+        say(f"teacher {name}: {record.metric_text()} ({record.wall_time_s:.1f}s)")
+        return TeacherInfo(str(path), sha256_of(path), record.last_value(), TRAINED)
 
 
 __all__ = ["TeacherStage", "TeacherInfo", "evaluate_top1", "CheckpointError"]

@@ -30,7 +30,12 @@ COLUMNS = (
     "batch_size", "lr", "last_top1", "best_top1", "best_epoch", "teacher_top1", "teacher_ckpt", "teacher_source",
     "wall_time_s", "images_per_s", "world_size", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
     "ablation", "base_batch_size", "base_lr", "lr_rule", "curve_epoch", "curve_top1",
+    "metric_names", "last_metrics", "best_metrics", "teacher_file",
 )
+# ``last_top1`` / ``best_top1`` hold top-1 (NaN for suites with other metrics); ``last_metrics`` /
+# ``best_metrics`` every metric of the record's suite by name (top1/top5 for classification, bbox
+# mAP, AP50, ... for COCO); ``curve_top1`` is the curve of the record's primary metric (top-1 for
+# classification). :func:`with_metric` gives the frame with one metric in the top-1 columns.
 
 
 @dataclass
@@ -111,8 +116,9 @@ def recorded_teacher_source(method: str, extra: dict[str, Any]) -> str:
 def _row(path: Path, rec) -> dict[str, Any]:
     """Flatten one completed record; raises TypeError/ValueError on malformed fields."""
     curve = rec.curve
+    primary = rec.primary_metric
     epoch_arr = np.array([p.epoch for p in curve], dtype=np.float64)
-    top1_arr = np.array([p.top1 for p in curve], dtype=np.float64)
+    top1_arr = np.array([_float(p.value(primary)) for p in curve], dtype=np.float64)
     if epoch_arr.size and not np.all(np.isfinite(epoch_arr)):
         raise ValueError("non-finite epoch in curve")
     if epoch_arr.size > 1 and np.any(np.diff(epoch_arr) < 0):
@@ -148,12 +154,30 @@ def _row(path: Path, rec) -> dict[str, Any]:
         "lr_rule": str(extra.get("lr_rule", "") or ""),
         "curve_epoch": epoch_arr,
         "curve_top1": top1_arr,
+        "metric_names": tuple(_str(n) for n in rec.metric_names),
+        "last_metrics": {_str(n): _float(rec.last_value(n)) for n in rec.metric_names},
+        "best_metrics": {_str(n): _float(rec.best_value(n)) for n in rec.metric_names},
+        "teacher_file": _str(extra.get("teacher_file")),
     }
     for key in (*RUNTIME_KEYS, "peak_memory_mb"):
         row[key] = _float(runtime.get(key))
     if not (row["suite"] and row["teacher"] and row["method"]):
         raise ValueError("empty suite, teacher or method")
     return row
+
+
+def with_metric(records: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The records with ``metric`` in the ``last_top1`` / ``best_top1`` columns (the columns the
+    tables and plots read); ``teacher_top1`` (the teacher's primary metric) is kept only for the
+    records whose primary metric it is."""
+    if records.empty or metric == "top1":
+        return records
+    def pick(column: str) -> list[float]:
+        return [float(d.get(metric, math.nan)) if isinstance(d, dict) else math.nan for d in records[column]]
+
+    primary = [bool(names) and names[0] == metric for names in records["metric_names"]]
+    teacher = [t if keep else math.nan for t, keep in zip(records["teacher_top1"], primary)]
+    return records.assign(last_top1=pick("last_metrics"), best_top1=pick("best_metrics"), teacher_top1=teacher)
 
 
 def _one_line(text: str) -> str:

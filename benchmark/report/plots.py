@@ -125,8 +125,9 @@ def _finish(fig: Figure, axes: list[Any], title: str, ncol: int = 5, handles: li
 # --------------------------------------------------------------------------- curves
 
 
-def plot_curves(table: SuiteTable, records: pd.DataFrame, reports_dir: Path) -> list[Path]:
-    """Top-1 vs epoch per pair: mean over seeds per method; the teacher's accuracy as a dashed line."""
+def plot_curves(table: SuiteTable, records: pd.DataFrame, reports_dir: Path, metric_label: str = "top-1") -> list[Path]:
+    """Top-1 (the suite's primary metric) vs epoch per pair: mean over seeds per method; the
+    teacher's value as a dashed line."""
     groups = _group(records)
     teacher_row = next((r for r in table.rows if r.method == TEACHER_ROW), None)
     runs_rows = [r for r in table.rows if r.method != TEACHER_ROW]
@@ -158,9 +159,9 @@ def plot_curves(table: SuiteTable, records: pd.DataFrame, reports_dir: Path) -> 
             ax.set_title(_pair_title(pair))
             ax.set_xlabel("epoch")
             if ax.get_subplotspec().is_first_col():
-                ax.set_ylabel("top-1 (%)")
+                ax.set_ylabel(f"{metric_label} (%)")
             ax.grid(True, alpha=0.3)
-        _finish(fig, axes, f"{table.suite}: training curves (validation top-1, mean over seeds)")
+        _finish(fig, axes, f"{table.suite}: training curves (validation {metric_label}, mean over seeds)")
         return save(fig, reports_dir, f"{table.suite}_curves")
 
 
@@ -227,8 +228,9 @@ def _describe_lr_rule(ablation: pd.DataFrame) -> str:
     return "lr rule not recorded"
 
 
-def plot_batch_size(suite: str, ablation: pd.DataFrame, main: pd.DataFrame, reports_dir: Path) -> list[Path]:
-    """Last-epoch top-1 vs batch size per method (log2 axis, error bars = std over seeds)."""
+def plot_batch_size(suite: str, ablation: pd.DataFrame, main: pd.DataFrame, reports_dir: Path,
+                    metric_label: str = "top-1") -> list[Path]:
+    """Last-epoch top-1 (the suite's primary metric) vs batch size per method (log2 axis, error bars = std over seeds)."""
     if ablation.empty:
         return []
     pairs = sorted(set(zip(ablation["teacher"], ablation["student"])))
@@ -259,10 +261,10 @@ def plot_batch_size(suite: str, ablation: pd.DataFrame, main: pd.DataFrame, repo
             ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
             ax.minorticks_off()
             ax.set_xlabel("batch size")
-            ax.set_ylabel("top-1 (%), last epoch")
+            ax.set_ylabel(f"{metric_label} (%), last epoch")
             ax.set_title(_pair_title(pair))
             ax.grid(True, alpha=0.3)
-        _finish(fig, axes, f"{suite}: accuracy vs batch size (error bars: std over seeds)\n"
+        _finish(fig, axes, f"{suite}: {'accuracy' if metric_label == 'top-1' else metric_label} vs batch size (error bars: std over seeds)\n"
                            f"{_describe_lr_rule(ablation)}")
         return save(fig, reports_dir, f"{suite}_batch_size")
 

@@ -82,6 +82,25 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return p
 
 
+@dataclass(frozen=True)
+class Wording:
+    """The sentences of a table's notes that depend on the suite's metric and teachers.
+
+    The defaults are the classification tables' (top-1, community CIFAR-100 teachers).
+    """
+
+    metric: str = "top-1"  # in "the highest <metric> over each run's epochs"
+    teacher_metric: str = "top-1"  # in the Teacher source row: "trained, <teacher_metric> X"
+    fallback: str = "the teacher accuracy recorded in its distillation runs (teacher_top1)"
+    community: str = "a community checkpoint given with --teachers (CIFAR-100: RepDistiller / mdistiller cifar_teachers.tar)"
+    trained: str = "top-1 of the checkpoint used"
+    no_delta: str | None = None  # replaces "Δ: no published numbers ..." when set
+    bold: str = "Bold: the best distillation method of the pair (highest mean; the Teacher and Student rows are not candidates)."
+
+
+CLASSIFICATION_WORDING = Wording()
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -142,7 +161,8 @@ class PairTeacher:
 
     kinds: tuple[str, ...]  # sorted subset of ("community", "trained", "unknown")
     community_shas: tuple[str, ...] = ()  # sha256 of the community checkpoints used
-    trained_top1: tuple[float, ...] = ()  # top-1 of the trained teachers used
+    trained_top1: tuple[float, ...] = ()  # top-1 (the suite's primary metric) of the trained teachers used
+    metric: str = "top-1"
 
     @property
     def text(self) -> str:
@@ -153,7 +173,7 @@ class PairTeacher:
                 parts.append(f"community {shas}" if shas else "community")
             elif kind == TRAINED:
                 top1 = ", ".join(f"{t:.2f}" for t in self.trained_top1)
-                parts.append(f"trained, top-1 {top1}" if top1 else "trained")
+                parts.append(f"trained, {self.metric} {top1}" if top1 else "trained")
             else:
                 parts.append(kind)
         return "; ".join(parts)
@@ -291,8 +311,14 @@ def _teacher_top1_cell(pair_records: pd.DataFrame) -> Cell | None:
 
 
 def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTable,
-                       declared_pairs: list[Any] | None = None) -> list[SuiteTable]:
-    """The 'last' and 'best' tables of one suite (``records``: its non-ablation runs)."""
+                       declared_pairs: list[Any] | None = None, wording: Wording = CLASSIFICATION_WORDING,
+                       teacher_fallback: bool = True) -> list[SuiteTable]:
+    """The 'last' and 'best' tables of one suite (``records``: its non-ablation runs).
+
+    The value of a cell is ``last_top1`` / ``best_top1`` (see :func:`benchmark.report.load.with_metric`
+    for another metric); ``teacher_fallback``: a pair without teacher runs gets its Teacher
+    cell from the runs' ``teacher_top1`` (‡).
+    """
     records = records.sort_values(["path"], kind="stable")
     records = records.assign(teacher_kind=teacher_kinds(records) if len(records) else [])
     students = records[records["method"] != TEACHER_ROW]
@@ -325,6 +351,7 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
         distilled = pair_students[pair_students["method"] != STUDENT_ROW]
         basis = distilled if not distilled.empty else teacher_pool[pair]
         pair_teachers[pair] = _pair_teacher(basis) if not basis.empty else PairTeacher((UNKNOWN,))
+        pair_teachers[pair].metric = wording.teacher_metric
 
     main_recipe = _mode(list(used["recipe"]), lambda r: (r != DEFAULT_RECIPE, r))
     main_epochs = _mode([int(e) for e in used["epochs"]], lambda e: -e)
@@ -347,7 +374,7 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
             label = display_name(method) + (f" ({', '.join(suffix)})" if suffix else "")
             rows.append(Row(method, recipe, epochs, label))
     teacher_rows = [r for r in rows if r.method == TEACHER_ROW]
-    fallback_pairs = [p for p in pairs if teacher_pool[p].empty]
+    fallback_pairs = [p for p in pairs if teacher_pool[p].empty] if teacher_fallback else []
     if fallback_pairs and not teacher_rows:
         rows.insert(0, Row(TEACHER_ROW, None, None, display_name(TEACHER_ROW)))
 
@@ -391,14 +418,15 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                         row.cells[pair] = cell
             table_rows.append(row)
         table = _finish(suite, statistic, pairs, table_rows, recipes, epochs_list, mix_notes,
-                        published, n_runs=len(used))
+                        published, n_runs=len(used), wording=wording)
         table.teachers = dict(pair_teachers)
         tables.append(table)
     return tables
 
 
 def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], recipes: list[str],
-            epochs: list[int], mix_notes: list[str], published: PublishedTable, n_runs: int) -> SuiteTable:
+            epochs: list[int], mix_notes: list[str], published: PublishedTable, n_runs: int,
+            wording: Wording = CLASSIFICATION_WORDING) -> SuiteTable:
     # Best per pair and the Welch marking.
     for pair in pairs:
         candidates = [r.cells[pair] for r in rows if not r.is_header and pair in r.cells]
@@ -436,15 +464,14 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
 
     notes = ["Mean ± std over seeds, (n) = number of seeds; std with ddof=1, omitted when n = 1. "
              "Columns: teacher→student."]
-    notes.append("Bold: the best distillation method of the pair (highest mean; "
-                 "the Teacher and Student rows are not candidates).")
+    notes.append(wording.bold)
     notes.append(f"{DAGGER}: the difference to the pair's best method cannot be separated by a Welch t-test "
                  f"over seeds (p ≥ {ALPHA:g}, or fewer than 2 seeds on either side).")
     if any(c.from_teacher_top1 for r in rows for c in r.cells.values()):
-        notes.append(f"{DDAGGER}: no teacher run records for this pair; the teacher accuracy recorded in its "
-                     "distillation runs (teacher_top1), n = distinct teacher checkpoints.")
+        notes.append(f"{DDAGGER}: no teacher run records for this pair; {wording.fallback}, "
+                     "n = distinct teacher checkpoints.")
     if statistic == "best":
-        notes.append("Best epoch: the highest top-1 over each run's epochs, selected on the evaluation set "
+        notes.append(f"Best epoch: the highest {wording.metric} over each run's epochs, selected on the evaluation set "
                      "and therefore optimistic; the last-epoch table is the default.")
     notes.extend(mix_notes)
     mixed_hashes = []
@@ -467,10 +494,9 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
         for i, (stat, source) in enumerate(sources, 1):
             notes.append(f"[{i}] {stat}: {source}.")
     else:
-        notes.append(f"Δ: no published numbers at the {stat_words} for these pairs in suite '{suite}'.")
-    notes.append(f"{TEACHER_SOURCE_LABEL}: community <sha256[:{SHA_PREFIX}]> = a community checkpoint given with "
-                 "--teachers (CIFAR-100: RepDistiller / mdistiller cifar_teachers.tar), the runs distilled from it; "
-                 "trained = a teacher trained alone by this suite (top-1 of the checkpoint used); "
+        notes.append(wording.no_delta or f"Δ: no published numbers at the {stat_words} for these pairs in suite '{suite}'.")
+    notes.append(f"{TEACHER_SOURCE_LABEL}: community <sha256[:{SHA_PREFIX}]> = {wording.community}, the runs distilled from it; "
+                 f"trained = a teacher trained alone by this suite ({wording.trained}); "
                  "unknown = not recorded in the runs.")
     if any(c.delta_comparable is False for r in rows for c in r.cells.values()):
         notes.append(f"{SECTION}: teacher not the community checkpoint (trained by the suite, or unknown): "
@@ -488,6 +514,28 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
 
 def _number(cell: Cell, pm: str) -> str:
     text = f"{cell.mean:.2f} {pm} {cell.std:.2f} ({cell.n})" if cell.n >= 2 else f"{cell.mean:.2f} ({cell.n})"
+    return text
+
+
+def _md_cell(cell: Cell) -> str:
+    text = _number(cell, PM)
+    if cell.from_teacher_top1:
+        text += DDAGGER
+    if cell.best:
+        return f"**{text}**"
+    if cell.indistinguishable:
+        text += DAGGER
+    return text
+
+
+def _tex_cell(cell: Cell) -> str:
+    text = tex_escape(_number(cell, PM))
+    if cell.from_teacher_top1:
+        text += r"$^\ddagger$"
+    if cell.best:
+        return rf"\textbf{{{text}}}"
+    if cell.indistinguishable:
+        text += r"$^\dagger$"
     return text
 
 
@@ -535,14 +583,7 @@ def render_markdown(table: SuiteTable) -> str:
             if cell is None:
                 cells.append(DASH)
                 continue
-            text = _number(cell, PM)
-            if cell.from_teacher_top1:
-                text += DDAGGER
-            if cell.best:
-                text = f"**{text}**"
-            elif cell.indistinguishable:
-                text += DAGGER
-            cells.append(text)
+            cells.append(_md_cell(cell))
         body.append(cells)
     body.insert(_source_row_index(table), [TEACHER_SOURCE_LABEL] + _teacher_source_cells(table))
     frame = pd.DataFrame(body, columns=headers)
@@ -597,14 +638,7 @@ def render_latex(table: SuiteTable) -> str:
             if cell is None:
                 cells.append("--")
                 continue
-            text = tex_escape(_number(cell, PM))
-            if cell.from_teacher_top1:
-                text += r"$^\ddagger$"
-            if cell.best:
-                text = rf"\textbf{{{text}}}"
-            elif cell.indistinguishable:
-                text += r"$^\dagger$"
-            cells.append(text)
+            cells.append(_tex_cell(cell))
         lines.append(" & ".join(cells) + r" \\")
     if source_at >= len(table.rows):
         lines.append(source_line)
@@ -655,5 +689,234 @@ def write_table(table: SuiteTable, tables_dir: Path) -> list[Path]:
     for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
         path = tables_dir / f"{table.stem}.{ext}"
         write_text(path, render(table))  # atomic: an interrupted aggregation leaves no half table
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- several metrics per pair
+
+
+METRIC_LABELS = {"mAP": "AP"}  # column label of a record's metric name (COCO's AP is mAP@[.50:.95])
+
+DETECTION_WORDING = Wording(
+    metric="mAP (AP50 and AP75 are those of the same epoch)",
+    fallback="the teacher AP recorded in its distillation runs (teacher_top1; AP only)",
+    community="the MMDetection checkpoint given with --teachers",
+    trained="AP of the checkpoint used",
+    teacher_metric="AP",
+    no_delta="Δ vs published numbers: not offered for this suite.",
+    bold="Bold: per pair and metric, the best distillation method (highest mean; the Teacher and Student rows "
+         "are not candidates); † per metric likewise.",
+)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a suite with several metrics shows per pair (COCO: AP, AP50, AP75)."""
+
+    metrics: tuple[str, ...]  # names in the records, the primary (best-epoch) metric first
+    labels: tuple[str, ...]  # column labels
+    title: str  # e.g. "bbox AP (%) on COCO val2017"
+    notes: tuple[str, ...] = ()  # the suite's own notes (e.g. which teachers, why no Δ)
+    wording: Wording = DETECTION_WORDING
+
+
+def suite_metric_spec(suite: str, records: pd.DataFrame) -> MetricSpec | None:
+    """None for a classification suite (one top-1 table); else the suite's metrics per pair.
+
+    Declared by the suite (``table_metrics``, ``metric_title``, ``table_notes`` of
+    ``benchmark.suites.get_suite(suite)``), else taken from the records' ``metric_names``
+    (their first three).
+    """
+    declared = None
+    try:
+        from benchmark.suites import get_suite
+
+        declared = get_suite(suite)
+    except Exception:  # noqa: BLE001 - an unknown suite (e.g. a test fixture): from the records
+        declared = None
+    metrics = tuple(getattr(declared, "table_metrics", ()) or ())
+    if not metrics:
+        names = sorted({tuple(n) for n in records.get("metric_names", pd.Series([], dtype=object)) if len(n)})
+        if not names or all(set(n) <= {"top1", "top5"} for n in names):
+            return None
+        metrics = names[0][:3]
+    labels = tuple(METRIC_LABELS.get(m, m) for m in metrics)
+    title = getattr(declared, "metric_title", "") or ", ".join(labels) + " (%)"
+    return MetricSpec(metrics, labels, title, tuple(getattr(declared, "table_notes", ()) or ()))
+
+
+@dataclass
+class MetricTable:
+    """One statistic of a suite with several metrics per pair: one :class:`SuiteTable` per metric,
+    all with the pairs and rows of the first (the primary metric's)."""
+
+    suite: str
+    statistic: str
+    spec: MetricSpec
+    tables: list[SuiteTable]
+    notes: list[str]
+
+    @property
+    def primary(self) -> SuiteTable:
+        return self.tables[0]
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return self.primary.pairs
+
+    @property
+    def rows(self) -> list[Row]:
+        return self.primary.rows
+
+    @property
+    def teachers(self) -> dict[Pair, PairTeacher]:
+        return self.primary.teachers
+
+    @property
+    def stem(self) -> str:
+        return self.primary.stem
+
+    def cell(self, index: int, row: Row, pair: Pair) -> Cell | None:
+        """The cell of metric ``index`` in the row configured as ``row`` (same method, recipe, epochs)."""
+        for other in self.tables[index].rows:
+            if (other.method, other.recipe, other.epochs) == (row.method, row.recipe, row.epochs):
+                return other.cells.get(pair)
+        return None
+
+
+def _teacher_files_note(records: pd.DataFrame, pairs: list[Pair]) -> str | None:
+    parts = []
+    for pair in pairs:
+        sel = records[(records["teacher"] == pair[0]) & (records["student"] == pair[1])]
+        files = sorted({f for f in sel.get("teacher_file", pd.Series([], dtype=object)) if f})
+        if files:
+            parts.append(f"{pair[0]}{ARROW}{pair[1]}: {', '.join(files)}")
+    return ("Teacher checkpoint files of the runs: " + "; ".join(parts) + ".") if parts else None
+
+
+def build_metric_tables(records: pd.DataFrame, suite: str, spec: MetricSpec,
+                        declared_pairs: list[Any] | None = None) -> list[MetricTable]:
+    """The 'last' and 'best' tables of a suite with several metrics per pair (``records``: its
+    non-ablation runs). No Δ against published numbers is offered for them."""
+    from .load import with_metric
+
+    per_metric = [build_suite_tables(with_metric(records, metric), suite, {}, declared_pairs, wording=spec.wording,
+                                     teacher_fallback=(i == 0))
+                  for i, metric in enumerate(spec.metrics)]
+    if not per_metric or not per_metric[0]:
+        return []
+    out = []
+    for s, statistic in enumerate(STATISTICS):
+        tables = [metric_tables[s] for metric_tables in per_metric]
+        notes = list(tables[0].notes)
+        columns = (f"Columns: teacher→student, then {', '.join(spec.labels)} per pair"
+                   + (" (AP = mAP over IoU .50:.95)." if "AP" in spec.labels else "."))
+        notes[0] = notes[0].replace("Columns: teacher→student.", columns)
+        files = _teacher_files_note(records, tables[0].pairs)
+        notes += ([files] if files else []) + list(spec.notes)
+        out.append(MetricTable(suite, statistic, spec, tables, notes))
+    return out
+
+
+def metric_caption(table: MetricTable) -> str:
+    words = STATISTICS[table.statistic][1]
+    recipe = ("Recipe" if len(table.primary.recipes) == 1 else "Recipes") + ": " + ", ".join(table.primary.recipes)
+    epochs = "Epochs: " + ", ".join(str(e) for e in table.primary.epochs)
+    default = " (default)" if table.statistic == "last" else ""
+    return f"{table.suite}: {table.spec.title} at the {words}{default}, mean ± std over seeds (n). {recipe}. {epochs}."
+
+
+def metric_title(table: MetricTable) -> str:
+    return f"{table.suite}: {table.spec.title}, {STATISTICS[table.statistic][1]}"
+
+
+def render_metric_markdown(table: MetricTable) -> str:
+    k = len(table.spec.labels)
+    headers = ["Method"] + [f"{t}{ARROW}{s} {label}" for t, s in table.pairs for label in table.spec.labels]
+    align = ("left",) + ("right",) * (len(headers) - 1)
+    body = []
+    for row in table.rows:
+        cells = [row.label]
+        for pair in table.pairs:
+            for i in range(k):
+                cell = table.cell(i, row, pair)
+                cells.append(DASH if cell is None else _md_cell(cell))
+        body.append(cells)
+    source = [TEACHER_SOURCE_LABEL]
+    for text in _teacher_source_cells(table.primary):
+        source += [text] + [""] * (k - 1)
+    body.insert(_source_row_index(table.primary), source)
+    frame = pd.DataFrame(body, columns=headers)
+    parts = [f"# {metric_title(table)}", "", metric_caption(table), "",
+             frame.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+    parts += ["Notes:", ""] + [f"- {note}" for note in table.notes] + [""]
+    return "\n".join(parts)
+
+
+def render_metric_latex(table: MetricTable) -> str:
+    k = len(table.spec.labels)
+    n = len(table.pairs)
+    lines = [
+        "% Generated by benchmark/aggregate.py; do not edit. Needs \\usepackage{booktabs}.",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{tex_escape(metric_caption(table))}}}",
+        rf"\label{{tab:{safe_name(table.suite)}-{table.statistic}}}",
+        r"\begin{tabular}{l" + ("r" * k) * n + "}",
+        r"\toprule",
+        " & ".join(["Method"] + [rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(t)}$\to${tex_escape(s)}}}" for t, s in table.pairs]) + r" \\",
+        "".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(n)),
+        " & ".join([""] + [tex_escape(label) for _ in table.pairs for label in table.spec.labels]) + r" \\",
+        r"\midrule",
+    ]
+    source_at = _source_row_index(table.primary)
+    source_cells = [tex_escape(TEACHER_SOURCE_LABEL)] + [rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(text)}}}"
+                                                          for text in _teacher_source_cells(table.primary)]
+    source_line = " & ".join(source_cells) + r" \\"
+    header_done = False
+    for i, row in enumerate(table.rows):
+        if i == source_at:
+            lines.append(source_line)
+        if not row.is_header and not header_done:
+            lines.append(r"\midrule")
+            header_done = True
+        cells = [tex_escape(row.label)]
+        for pair in table.pairs:
+            for m in range(k):
+                cell = table.cell(m, row, pair)
+                cells.append("--" if cell is None else _tex_cell(cell))
+        lines.append(" & ".join(cells) + r" \\")
+    if source_at >= len(table.rows):
+        lines.append(source_line)
+    lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
+    lines += [tex_escape(note) + r"\par" for note in table.notes]
+    lines += [r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+METRIC_CSV_COLUMNS = CSV_COLUMNS[:2] + ("metric",) + CSV_COLUMNS[2:]
+
+
+def metric_tidy_frame(table: MetricTable) -> pd.DataFrame:
+    frames = []
+    for metric, sub in zip(table.spec.metrics, table.tables):
+        frame = tidy_frame(sub)
+        frame.insert(2, "metric", metric)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)[list(METRIC_CSV_COLUMNS)]
+
+
+def render_metric_csv(table: MetricTable) -> str:
+    return metric_tidy_frame(table).to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+def write_metric_table(table: MetricTable, tables_dir: Path) -> list[Path]:
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext, render in (("md", render_metric_markdown), ("tex", render_metric_latex), ("csv", render_metric_csv)):
+        path = tables_dir / f"{table.stem}.{ext}"
+        write_text(path, render(table))
         written.append(path)
     return written
