@@ -46,6 +46,7 @@ class DistillationModel(BaseModel):
             loaded with ``strict=True``. Required unless the method runs no teacher.
         data_preprocessor: config of the batch preprocessor.
         input_size: C, H, W of one image, used to probe feature shapes.
+        channels_last: networks and inputs in the channels-last memory format (``--channels-last``).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class DistillationModel(BaseModel):
         data_preprocessor: dict[str, Any] | None = None,
         input_size: tuple[int, int, int] = (3, 32, 32),
         init_cfg: dict | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         method_cls = METHODS.get(method["type"])
@@ -85,6 +87,9 @@ class DistillationModel(BaseModel):
             teacher_shapes=_probe_shapes(self.teacher, self.teacher_recorder, input_size) if self.teacher is not None else {},
         )
         self.method = build_method(method, context)
+        self.channels_last = channels_last
+        if channels_last:  # both networks' weights and (in forward) the inputs in NHWC
+            self.to(memory_format=torch.channels_last)
         self.epoch = 1  # set by EpochTracker before each training epoch, counted from 1
         self.measure_time = False  # set by the timing hook on measured iterations
         self.last_timing: dict[str, float] = {}
@@ -111,6 +116,8 @@ class DistillationModel(BaseModel):
         contrast_index: Tensor | None = None,
         mode: str = "tensor",
     ) -> Any:
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if mode == "tensor":
             return self.student(inputs)
         if mode == "predict":

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import sys
@@ -20,7 +21,8 @@ import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS, METRICS
+from mmengine.optim import OptimWrapper
+from mmengine.registry import HOOKS, METRICS, OPTIM_WRAPPERS
 
 from benchmark import faults
 from benchmark.records import CLASSIFICATION, CLASSIFICATION_METRICS, EpochPoint, Metric, RunRecord, metric_label
@@ -94,6 +96,23 @@ class NonFiniteLossGuard(Hook):
                 raise NonFiniteLossError(f"{detail} on rank {culprit} {where}")
         elif bad:
             raise NonFiniteLossError(f"{bad[0][0]} became {bad[0][1]} {where}")
+
+
+@OPTIM_WRAPPERS.register_module()
+class CPUAutocastOptimWrapper(OptimWrapper):
+    """bf16 autocast on CPU, for ``--amp`` where MMEngine's AmpOptimWrapper (CUDA only) cannot run.
+
+    bf16 keeps fp32's exponent range, so no loss scaling is needed.
+    """
+
+    def __init__(self, dtype: str = "bfloat16", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cast_dtype = getattr(torch, dtype)
+
+    @contextlib.contextmanager
+    def optim_context(self, model):
+        with super().optim_context(model), torch.autocast("cpu", dtype=self.cast_dtype):
+            yield
 
 
 RUN_STATE_KEY = "kd_run_state"  # our part of every training checkpoint

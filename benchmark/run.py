@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms (slower)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--verbose", action="store_true", help="per-epoch progress lines and MMEngine's own logs")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (MMEngine's AmpOptimWrapper on GPU); the references ran fp32. Recorded; its own variant")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format for both networks and the inputs. Recorded; its own variant")
     parser.add_argument("--tensorboard", action="store_true", help="also log every loss term, lr and top-1 to TensorBoard (needs the tensorboard package)")
 
     scale = parser.add_argument_group("scaling out")

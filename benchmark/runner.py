@@ -137,6 +137,11 @@ def build_config(spec: RunSpec, num_data: int) -> Config:
         cfg.model_wrapper_cfg = dict(type="DeviceAwareDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=False)
         if spec.sync_bn:
             cfg.sync_bn = "torch"
+    amp = spec.recipe.options.get("amp")
+    if amp:
+        # MMEngine's AmpOptimWrapper needs CUDA; on CPU the same bf16 autocast through ours.
+        cfg.optim_wrapper.type = "AmpOptimWrapper" if spec.device != "cpu" else "CPUAutocastOptimWrapper"
+        cfg.optim_wrapper.dtype = amp
     if spec.tensorboard:
         cfg.visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
     if contrast_k is not None:
@@ -151,6 +156,7 @@ def build_config(spec: RunSpec, num_data: int) -> Config:
         num_classes=spec.suite.num_classes,
         num_data=num_data,
         data_preprocessor=cfg.pop("data_preprocessor"),
+        channels_last=bool(spec.recipe.options.get("channels_last", False)),
     )
     cfg.pop("data_root", None)
     cfg.pop("num_classes", None)

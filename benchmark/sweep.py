@@ -36,6 +36,7 @@ class PlannedRun:
     def label(self) -> str:
         schedule = self.recipe.schedule
         method_args = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in self.recipe.method.items() if k != "type")
+        method_args += "".join(f", {k} {v}" for k, v in self.recipe.options.items())
         return (f"{self.pair.name} {self.method} seed{self.seed} (recipe {self.recipe.name} {self.recipe.hash}, "
                 f"{schedule.epochs} ep, bs {schedule.batch_size}, lr {schedule.lr:g}{method_args})")
 
@@ -81,13 +82,13 @@ def resolve_plan(args: argparse.Namespace):
     for pair in pairs:
         for method in chosen:
             for batch_size in batch_sizes:
-                resolved = with_world_size(suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size), args)
+                resolved = with_options(with_world_size(suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size), args), args)
                 for seed in range(args.seeds):
                     extra = {}
                     if batch_size is not None:
                         base = suite.resolve(recipe, pair, method).schedule
                         extra = {"batch_size_ablation": True, "base_batch_size": base.batch_size, "base_lr": base.lr, "lr_rule": "linear"}
-                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size, args.nproc) / pair.name / method / f"seed{seed}"
+                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size, args.nproc, args.amp, args.channels_last) / pair.name / method / f"seed{seed}"
                     runs.append(PlannedRun(pair, method, seed, resolved, run_dir, extra))
     return suite, recipe, pairs, runs
 
@@ -110,7 +111,21 @@ def with_world_size(resolved, args: argparse.Namespace):
         notes += ("SyncBatchNorm in the student",)
     from benchmark.suites import ResolvedRecipe
 
-    return ResolvedRecipe(resolved.name, resolved.schedule, method, resolved.notes + notes)
+    return ResolvedRecipe(resolved.name, resolved.schedule, method, resolved.notes + notes, dict(resolved.options))
+
+
+def with_options(resolved, args: argparse.Namespace):
+    """--amp (bf16 autocast) and --channels-last: recorded in the recipe, so they are part of the run's identity."""
+    options = dict(resolved.options)
+    if getattr(args, "amp", False):
+        options["amp"] = "bfloat16"
+    if getattr(args, "channels_last", False):
+        options["channels_last"] = True
+    if options == resolved.options:
+        return resolved
+    from benchmark.suites import ResolvedRecipe
+
+    return ResolvedRecipe(resolved.name, resolved.schedule, resolved.method, resolved.notes, options)
 
 
 def existing_state(run: PlannedRun) -> tuple[str, RunRecord | None]:

@@ -10,6 +10,7 @@ the same inputs in the same process (every epoch reseeds every RNG), so any diff
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,29 @@ def test_tensorboard_gets_every_loss_term_lr_and_top1(teacher_file, tmp_path):
     assert len(events) == 1
     tags = set(EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"])
     assert {"loss_ce", "loss_kd", "loss_crd", "loss", "lr", "val/top1", "val/top5"} <= tags, tags
+
+
+def test_bf16_autocast_and_channels_last_end_to_end(teacher_file, tmp_path):
+    """--amp / --channels-last: a recorded part of the recipe; training steps stay finite under bf16."""
+    from mmengine.hooks import Hook
+
+    seen = {}
+
+    class Probe(Hook):
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            model = runner.model
+            with runner.optim_wrapper.optim_context(model):
+                logits = model(model.data_preprocessor(data_batch, True)["inputs"], mode="tensor")
+            seen.update(wrapper=type(runner.optim_wrapper).__name__, dtype=logits.dtype,
+                        layout=next(model.student.parameters()).is_contiguous(memory_format=torch.channels_last)
+                        if next(model.student.parameters()).dim() == 4 else None,
+                        loss=float(outputs["loss"].detach()))
+
+    spec = spec_for("dkd", tmp_path, teacher_file)
+    spec.recipe.options = {"amp": "bfloat16", "channels_last": True}
+    record = execute(spec, N_TRAIN, new_record(spec), resume=False, hooks=[Probe()], say=lambda _l: None)
+    assert record.status == "completed" and all(math.isfinite(p.loss) for p in record.curve)
+    assert seen["wrapper"] == "CPUAutocastOptimWrapper" and seen["dtype"] == torch.bfloat16 and seen["layout"] is True
+    assert record.extra["recipe"]["options"] == {"amp": "bfloat16", "channels_last": True}
+    plain = spec_for("dkd", tmp_path / "plain", teacher_file)
+    assert plain.recipe.hash != spec.recipe.hash and "options" not in plain.recipe.to_dict()

@@ -62,9 +62,15 @@ class ResolvedRecipe:
     schedule: Schedule
     method: dict[str, Any]  # method config for the registry, loss weights included
     notes: tuple[str, ...] = ()
+    # Numerics / memory layout chosen on the command line: {"amp": "bfloat16", "channels_last": True}.
+    # Part of the run's identity; absent (and out of the hash) for the references' fp32 default.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "schedule": asdict(self.schedule), "method": self.method, "notes": list(self.notes)}
+        data = {"name": self.name, "schedule": asdict(self.schedule), "method": self.method, "notes": list(self.notes)}
+        if self.options:
+            data["options"] = dict(self.options)
+        return data
 
     def adjusted(self, epochs: int | None, batch_size: int | None) -> "ResolvedRecipe":
         """This recipe with the command line's --epochs / --batch-sizes applied (None: unchanged)."""
@@ -73,7 +79,7 @@ class ResolvedRecipe:
             schedule = schedule.with_epochs(epochs)
         if batch_size is not None:
             schedule = schedule.with_batch_size(batch_size)
-        return ResolvedRecipe(self.name, schedule, self.method, self.notes)
+        return ResolvedRecipe(self.name, schedule, self.method, self.notes, dict(self.options))
 
     @property
     def hash(self) -> str:
@@ -81,12 +87,15 @@ class ResolvedRecipe:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def variant_name(recipe: str, epochs: int | None, batch_size: int | None, world_size: int = 1) -> str:
-    """The work-dir folder of a recipe as the command line adjusted it, e.g. ``unified-e2-b128-w2``.
+def variant_name(recipe: str, epochs: int | None, batch_size: int | None, world_size: int = 1,
+                 amp: bool = False, channels_last: bool = False) -> str:
+    """The work-dir folder of a recipe as the command line adjusted it, e.g. ``unified-e2-b128-w2-amp``.
 
-    Runs on different numbers of processes are different variants (their own directories).
+    Runs on different numbers of processes, in bf16 or channels-last are different variants
+    (their own directories).
     """
-    return recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "") + (f"-w{world_size}" if world_size > 1 else "")
+    return (recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "")
+            + (f"-w{world_size}" if world_size > 1 else "") + ("-amp" if amp else "") + ("-cl" if channels_last else ""))
 
 
 # A recipe maps (pair, method name, suite's method defaults) to its resolved form.
