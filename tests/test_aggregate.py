@@ -625,3 +625,18 @@ def test_detection_records_read_and_old_schema(tmp_path):
     path.write_text(json.dumps(record))
     loaded = load_records([tmp_path])
     assert len(loaded.records) == 1 and loaded.records["last_top1"].iloc[0] == 70.0
+
+
+def test_rows_of_non_reference_recipes_are_marked(tmp_path):
+    """A recipe whose notes say "not a reference recipe" (FitNet on ImageNet) gets ¶ and a footnote."""
+    from benchmark.report.synthetic import make_record, write
+
+    for seed in (0, 1):
+        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "fitnet", seed, 90.0 + seed,
+                                          extra={"recipe": {"notes": ["hint at stride 8; not a reference recipe"]}}))
+        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 91.0 + seed,
+                                          extra={"recipe": {"notes": []}}))
+    aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
+    text = (tmp_path / "t" / "digits_last.md").read_text()
+    assert "| FitNet ¶" in text and "| KD ¶" not in text
+    assert "¶: not a reference recipe" in text

@@ -25,10 +25,12 @@ ENV_SKIP = ("hostname",)
 COMMUNITY, TRAINED = "community", "trained"
 COMMUNITY_SOURCE_PREFIX = "community checkpoint"  # extra["source"] of a teacher row loaded from a checkpoint
 
+NOT_REFERENCE = "not a reference recipe"  # the phrase a suite puts in such a recipe's notes
+
 COLUMNS = (
     "path", "suite", "teacher", "student", "method", "recipe", "recipe_hash", "seed", "epochs",
     "batch_size", "lr", "last_top1", "best_top1", "best_epoch", "teacher_top1", "teacher_ckpt", "teacher_source",
-    "wall_time_s", "images_per_s", "world_size", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
+    "wall_time_s", "images_per_s", "world_size", "not_reference", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
     "ablation", "base_batch_size", "base_lr", "lr_rule", "curve_epoch", "curve_top1",
     "metric_names", "last_metrics", "best_metrics", "teacher_file",
 )
@@ -152,6 +154,8 @@ def _row(path: Path, rec) -> dict[str, Any]:
         "base_batch_size": _float(extra.get("base_batch_size")),
         "base_lr": _float(extra.get("base_lr")),
         "lr_rule": str(extra.get("lr_rule", "") or ""),
+        # The suite offers the method with its own stated choices (e.g. FitNet on ImageNet).
+        "not_reference": any(NOT_REFERENCE in str(note) for note in ((extra.get("recipe") or {}).get("notes") or ())),
         "curve_epoch": epoch_arr,
         "curve_top1": top1_arr,
         "metric_names": tuple(_str(n) for n in rec.metric_names),

@@ -46,6 +46,7 @@ CSV_COLUMNS = ("suite", "statistic", "recipe", "epochs", "teacher", "student", "
                "teacher_source", "teacher_sha256", "delta_comparable")
 
 DAGGER, DDAGGER, PM, ARROW, DASH = "†", "‡", "±", "→", "–"
+PILCROW = "¶"  # a row whose recipe is the suite's own choice, not a reference recipe
 SECTION = "§"  # a Δ whose runs did not use the community teacher: not comparable with the published number
 UNKNOWN = "unknown"
 SHA_PREFIX = 12  # hex digits of a checkpoint's sha256 shown in the tables
@@ -360,6 +361,7 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
     configs: dict[str, set[tuple[str, int]]] = {}
     for method, recipe, epochs in zip(used["method"], used["recipe"], used["epochs"]):
         configs.setdefault(method, set()).add((recipe, int(epochs)))
+    not_reference = {(m, r, int(e)) for m, r, e, flag in zip(used["method"], used["recipe"], used["epochs"], used["not_reference"]) if flag}
     rows: list[Row] = []
     for method in sorted(configs, key=method_sort_key):
         ordered = sorted(configs[method], key=lambda c: ((c[0], c[1]) != (main_recipe, main_epochs),
@@ -372,6 +374,8 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                 if epochs != main_epochs:
                     suffix.append(f"{epochs} ep")
             label = display_name(method) + (f" ({', '.join(suffix)})" if suffix else "")
+            if (method, recipe, epochs) in not_reference:
+                label += f" {PILCROW}"
             rows.append(Row(method, recipe, epochs, label))
     teacher_rows = [r for r in rows if r.method == TEACHER_ROW]
     fallback_pairs = [p for p in pairs if teacher_pool[p].empty] if teacher_fallback else []
@@ -482,6 +486,9 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
     if mixed_hashes:
         notes.append("Rows whose seeds come from different resolved recipes (recipe_hash): "
                      + "; ".join(mixed_hashes) + ".")
+    if any(row.label.endswith(PILCROW) for row in rows):
+        notes.append(f"{PILCROW}: not a reference recipe — no reference code defines this method on this suite; "
+                     "the suite's own stated choice (see the recipe notes in the run records).")
     mixed_worlds = [f"{row.label} ({', '.join(map(str, sizes))} processes)" for row in rows
                     if len(sizes := sorted({w for c in row.cells.values() for w in c.world_sizes})) > 1]
     if mixed_worlds:
