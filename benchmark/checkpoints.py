@@ -52,6 +52,17 @@ def community_checkpoint_path(teachers_dir: str | os.PathLike, name: str, epoch:
     return Path(teachers_dir) / f"{name}_vanilla" / f"ckpt_epoch_{epoch}.pth"
 
 
+def load_tensors_only(path: str | os.PathLike, what: str = "checkpoint") -> object:
+    """``torch.load(weights_only=True)`` of a file from outside; one-line CheckpointError when it fails."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}") from None
+
+
 def read_community_checkpoint(path: str | os.PathLike) -> dict:
     """A teacher/student weight file as ``{'model': state_dict, ...}``, loaded as tensors only.
 
@@ -59,13 +70,7 @@ def read_community_checkpoint(path: str | os.PathLike) -> dict:
     ``{'state_dict': state_dict}`` (MMEngine / mdistiller ImageNet), and a plain state dict
     (torchvision's own weight files, e.g. ``resnet34-b627a593.pth``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}") from None
+    payload = load_tensors_only(path)
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
         return payload
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):

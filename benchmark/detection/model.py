@@ -21,9 +21,7 @@ left out of the training checkpoints (it is reloaded from its own file).
 from __future__ import annotations
 
 import copy
-import pickle
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
-from benchmark.checkpoints import CheckpointError, first_sentence
+from benchmark.checkpoints import CheckpointError, load_tensors_only
 from methods import METHODS, StepInputs, build_method
 from methods.fitnet import fitnet_loss
 
@@ -160,13 +158,7 @@ def torchvision_mobilenet_v2_names(arch_settings) -> dict[str, str]:
 
 def read_mmdet_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The ``'state_dict'`` of an MMDetection checkpoint, loaded as tensors only."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}") from None
+    payload = load_tensors_only(path, what="teacher checkpoint")
     state = payload.get("state_dict") if isinstance(payload, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} is not an MMDetection checkpoint (no 'state_dict')")

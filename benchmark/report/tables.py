@@ -690,14 +690,14 @@ def render_csv(table: SuiteTable) -> str:
     return tidy_frame(table).to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
-def write_table(table: SuiteTable, tables_dir: Path) -> list[Path]:
+def _write_renderings(table: Any, tables_dir: Path, renderers: Sequence[tuple[str, Callable[[Any], str]]]) -> list[Path]:
+    """``<stem>.<ext>`` for each renderer, each written atomically: an interrupted aggregation leaves no half table."""
     tables_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ext, render in (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)):
-        path = tables_dir / f"{table.stem}.{ext}"
-        write_text(path, render(table))  # atomic: an interrupted aggregation leaves no half table
-        written.append(path)
-    return written
+    return [write_text(tables_dir / f"{table.stem}.{ext}", render(table)) for ext, render in renderers]
+
+
+def write_table(table: SuiteTable, tables_dir: Path) -> list[Path]:
+    return _write_renderings(table, tables_dir, (("md", render_markdown), ("tex", render_latex), ("csv", render_csv)))
 
 
 # --------------------------------------------------------------------------- several metrics per pair
@@ -920,10 +920,4 @@ def render_metric_csv(table: MetricTable) -> str:
 
 
 def write_metric_table(table: MetricTable, tables_dir: Path) -> list[Path]:
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ext, render in (("md", render_metric_markdown), ("tex", render_metric_latex), ("csv", render_metric_csv)):
-        path = tables_dir / f"{table.stem}.{ext}"
-        write_text(path, render(table))
-        written.append(path)
-    return written
+    return _write_renderings(table, tables_dir, (("md", render_metric_markdown), ("tex", render_metric_latex), ("csv", render_metric_csv)))
