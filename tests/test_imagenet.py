@@ -463,29 +463,59 @@ def teacher_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("method", ["kd", "crd"])
-def test_one_epoch_through_the_mmengine_runner(method, tiny_imagenet, teacher_checkpoint, tmp_path):
+def tiny_spec(method: str, run_dir: Path, data_root: Path, teacher_checkpoint: Path, epochs: int = 1) -> RunSpec:
     """The real suite (1000-way heads; the tiny data's targets 0..2 are valid labels), its
-    dataset config and preprocessor, resnet18_in1k as teacher and student, batch 4, 1 epoch."""
+    dataset config and preprocessor, resnet18_in1k as teacher and student, batch 6 (2 iterations an epoch)."""
     pair = Pair("resnet18_in1k", "resnet18_in1k")
-    recipe = SUITE.resolve("unified", pair, method).adjusted(epochs=1, batch_size=4)
-    if method == "crd":  # CRD needs K < N: 8 negatives of the 12 images (the sampler draws with replacement)
+    # The recipe of the suite's ResNet34→ResNet18 pair (DKD's beta is per pair), on a cheaper teacher.
+    recipe = SUITE.resolve("unified", R34_R18, method).adjusted(epochs=epochs, batch_size=6)
+    if method in ("crd", "crd_kd"):  # CRD needs K < N: 8 negatives of the 12 images (the sampler draws with replacement)
         recipe = dataclasses.replace(recipe, method={**recipe.method, "nce_k": 8})
-    spec = RunSpec(suite=SUITE, pair=pair, method=method, recipe=recipe, seed=0, run_dir=tmp_path / method,
-                   data_root=str(tiny_imagenet), teacher_checkpoint=str(teacher_checkpoint),
+    return RunSpec(suite=SUITE, pair=pair, method=method, recipe=recipe, seed=0, run_dir=run_dir,
+                   data_root=str(data_root), teacher_checkpoint=str(teacher_checkpoint),
                    teacher_checkpoint_sha256="test", num_workers=0)
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "crd", "crd_kd", "ckd", "fitnet"])
+def test_one_epoch_through_the_mmengine_runner(method, tiny_imagenet, teacher_checkpoint, tmp_path):
+    """Every method: 2 training iterations and one validation through MMEngine's Runner."""
+    spec = tiny_spec(method, tmp_path / method, tiny_imagenet, teacher_checkpoint)
     num_data = N_CLASSES * PER_CLASS_TRAIN
     cfg = build_config(spec, num_data)
-    assert cfg.train_dataloader.dataset.type == "ImageNetDistill" and cfg.train_dataloader.batch_size == 4
-    assert cfg.train_dataloader.dataset.get("contrast_k") == (8 if method == "crd" else None)
-    record = execute(spec, num_data, new_record(spec), resume=False)
+    assert cfg.train_dataloader.dataset.type == "ImageNetDistill" and cfg.train_dataloader.batch_size == 6
+    assert cfg.train_dataloader.dataset.get("contrast_k") == (8 if method.startswith("crd") else None)
+    record = execute(spec, num_data, new_record(spec), resume=False, say=lambda _l: None)
     assert record.status == "completed", record.failure
-    assert [p.epoch for p in record.curve] == [1]
+    assert [p.epoch for p in record.curve] == [1] and record.runtime["measured_iterations"] >= 1
     assert 0 <= record.last_top1 <= 100
     on_disk = read_record(tmp_path / method / "record.json")
     assert on_disk.status == "completed" and on_disk.suite == "imagenet"
     student = build_model("resnet18_in1k", SUITE.num_classes)
     student.load_state_dict(torch.load(tmp_path / method / STUDENT_EXPORT, weights_only=True)["model"], strict=True)
+
+
+def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(tiny_imagenet, teacher_checkpoint, tmp_path, monkeypatch):
+    from benchmark import faults
+
+    num_data = N_CLASSES * PER_CLASS_TRAIN
+    straight = tiny_spec("kd", tmp_path / "straight", tiny_imagenet, teacher_checkpoint, epochs=2)
+    reference = execute(straight, num_data, new_record(straight), resume=False, say=lambda _l: None)
+    spec = tiny_spec("kd", tmp_path / "broken", tiny_imagenet, teacher_checkpoint, epochs=2)
+
+    def interrupt(point, **context):
+        if point == "after_checkpoint" and context.get("epoch") == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "fire", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, num_data, new_record(spec), resume=False, say=lambda _l: None)
+    monkeypatch.undo()
+    resumed = execute(spec, num_data, read_record(tmp_path / "broken" / "record.json"), resume=True, say=lambda _l: None)
+    # Same process, same operations on the same inputs (every epoch reseeds): exact.
+    assert [(p.epoch, p.top1, p.top5, p.loss) for p in resumed.curve] == [(p.epoch, p.top1, p.top5, p.loss) for p in reference.curve]
+    a = torch.load(tmp_path / "straight" / STUDENT_EXPORT, weights_only=True)["model"]
+    b = torch.load(tmp_path / "broken" / STUDENT_EXPORT, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---- teachers from files (TeacherStage) --------------------------------------------------------
