@@ -392,8 +392,4 @@ def train(
     return record
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return bool(epoch_checkpoints(run_dir / "mmengine"))
-
-
-__all__ = ["RunSpec", "build_config", "execute", "new_record", "has_checkpoint", "environment", "suite_metrics", "STUDENT_EXPORT"]
+__all__ = ["RunSpec", "build_config", "execute", "new_record", "environment", "suite_metrics", "STUDENT_EXPORT"]
