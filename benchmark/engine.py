@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import resource
 import sys
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
-from mmengine.registry import HOOKS, METRICS, OPTIM_WRAPPERS
+from mmengine.registry import FUNCTIONS, HOOKS, METRICS, OPTIM_WRAPPERS
 
 from benchmark import faults
 from benchmark.records import CLASSIFICATION, CLASSIFICATION_METRICS, EpochPoint, Metric, RunRecord, metric_label
@@ -113,6 +115,23 @@ class CPUAutocastOptimWrapper(OptimWrapper):
     def optim_context(self, model):
         with super().optim_context(model), torch.autocast("cpu", dtype=self.cast_dtype):
             yield
+
+
+@FUNCTIONS.register_module()
+def seed_data_worker(worker_id: int, run_seed: int, epoch: int = 0, rank: int = 0) -> None:
+    """Seeds ``random``, numpy and torch in one data-loader worker from (run seed, epoch, rank, worker id).
+
+    MMEngine's default ``worker_init_fn`` seeds a worker with ``seed + worker_id`` (+ rank), the
+    same at every epoch; with workers restarted each epoch every worker slot then replays one
+    random stream (ImageNet's crops and flips, MMDetection's numpy-drawn flips and scales).
+    torchvision's loader, as the references used it, draws fresh streams each epoch. The epoch
+    is bound by :class:`benchmark.runner.EpochSeeder` before the epoch's workers start, so a
+    resumed run draws exactly what an uninterrupted one draws.
+    """
+    state = np.random.SeedSequence([run_seed, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[0]))
+    torch.manual_seed(int(state[1]))
 
 
 RUN_STATE_KEY = "kd_run_state"  # our part of every training checkpoint

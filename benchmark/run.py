@@ -21,11 +21,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.errors import UsageError  # noqa: E402
+from benchmark.suites import suite_names  # noqa: E402
 from benchmark.sweep import EXIT_USAGE, run_sweep  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmark/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", required=True, help="benchmark suite (cifar100, digits)")
+    parser.add_argument("--suite", required=True, help=f"benchmark suite ({', '.join(suite_names())})")
     parser.add_argument("--methods", required=True, help="comma list of registered methods, e.g. kd,crd,dkd,ckd")
     parser.add_argument("--pairs", help="comma list of teacher-student pairs (default: all pairs of the suite)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds per (pair, method): 0..N-1 (default 3)")
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, help="dataloader workers (default: the dataset config's)")
     parser.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms (slower)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="with --dry-run (implied): also print each planned run's complete MMEngine config, "
+                             "without reading data or teacher files")
     parser.add_argument("--verbose", action="store_true", help="per-epoch progress lines and MMEngine's own logs")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (MMEngine's AmpOptimWrapper on GPU); the references ran fp32. Recorded; its own variant")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format for both networks and the inputs. Recorded; its own variant")
@@ -84,6 +88,7 @@ def _on_sigterm(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.dry_run = args.dry_run or args.print_config
     warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return submit_sweep(args)
         return run_sweep(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"

@@ -15,6 +15,7 @@ import platform
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,7 +38,7 @@ from benchmark.checkpoints import (
     newest_loadable_checkpoint,
     save_community_checkpoint,
 )
-from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb
+from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb, seed_data_worker
 from benchmark.records import CLASSIFICATION, RECORD_FILE, Metric, RunRecord, read_record, write_record
 from benchmark.suites import Pair, ResolvedRecipe, Suite
 from methods import METHODS
@@ -108,10 +109,21 @@ def _schedule_config(spec: RunSpec) -> dict[str, Any]:
     return base
 
 
-def build_config(spec: RunSpec, num_data: int) -> Config:
+def build_config(spec: RunSpec, num_data: int | None, check_files: bool = True) -> Config:
+    """The run's complete MMEngine config: the suite's part, then the one run-level overlay.
+
+    ``check_files=False`` builds it without data or teacher files (``--dry-run --print-config``).
+    """
     suite_builder = getattr(spec.suite, "build_config", None)
     if suite_builder is not None:  # a suite with its own config files (COCO detection)
-        return suite_builder(spec, num_data)
+        cfg = suite_builder(spec, num_data, check_files=check_files)
+    else:
+        cfg = classification_config(spec, num_data)
+    return apply_run_overlay(cfg, spec)
+
+
+def classification_config(spec: RunSpec, num_data: int | None) -> Config:
+    """The suite's part of a classification run: dataset, schedule, the distillation model."""
     cfg = Config.fromfile(CONFIG_DIR / "default_runtime.py")
     dataset = Config.fromfile(CONFIG_DIR / "datasets" / f"{spec.suite.dataset_base}.py").to_dict()
     cfg.merge_from_dict(dataset)
@@ -119,34 +131,11 @@ def build_config(spec: RunSpec, num_data: int) -> Config:
 
     method_cfg = {"type": "ce"} if spec.method == "teacher" else dict(spec.recipe.method)
     contrast_k = _contrast_k(method_cfg)
-    for split in ("train_dataloader", "val_dataloader"):
-        loader = cfg[split]
-        if spec.suite.needs_data_root:
-            loader.dataset.data_root = spec.data_root
-        if spec.num_workers is not None:
-            loader.num_workers = spec.num_workers
-        # Fresh workers every epoch, seeded from the per-epoch seed: interrupted-and-resumed
-        # runs draw the same augmentations and CRD negatives as uninterrupted ones.
-        loader.persistent_workers = False
-    if spec.recipe.schedule.batch_size % spec.world_size:
-        raise ValueError(f"batch {spec.recipe.schedule.batch_size} is not divisible by {spec.world_size} processes")
-    cfg.train_dataloader.batch_size = spec.per_process_batch
-    if spec.world_size > 1:
-        cfg.env_cfg.dist_cfg.backend = "gloo" if spec.device == "cpu" else "nccl"
-        # The teacher is frozen before wrapping, so DDP needs no find_unused_parameters.
-        cfg.model_wrapper_cfg = dict(type="DeviceAwareDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=False)
-        if spec.sync_bn:
-            cfg.sync_bn = "torch"
-    amp = spec.recipe.options.get("amp")
-    if amp:
-        # MMEngine's AmpOptimWrapper needs CUDA; on CPU the same bf16 autocast through ours.
-        cfg.optim_wrapper.type = "AmpOptimWrapper" if spec.device != "cpu" else "CPUAutocastOptimWrapper"
-        cfg.optim_wrapper.dtype = amp
-    if spec.tensorboard:
-        cfg.visualizer = dict(type="Visualizer", vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
+    if spec.suite.needs_data_root:
+        for split in ("train_dataloader", "val_dataloader"):
+            cfg[split].dataset.data_root = spec.data_root
     if contrast_k is not None:
         cfg.train_dataloader.dataset.contrast_k = contrast_k
-
     cfg.model = dict(
         type="DistillationModel",
         student=spec.student,
@@ -156,10 +145,53 @@ def build_config(spec: RunSpec, num_data: int) -> Config:
         num_classes=spec.suite.num_classes,
         num_data=num_data,
         data_preprocessor=cfg.pop("data_preprocessor"),
-        channels_last=bool(spec.recipe.options.get("channels_last", False)),
     )
     cfg.pop("data_root", None)
     cfg.pop("num_classes", None)
+    return cfg
+
+
+def apply_run_overlay(cfg: Config, spec: RunSpec) -> Config:
+    """What the command line sets for one run, applied the same way to every suite's config.
+
+    Workers, the per-process batch, DDP (wrapper, backend, SyncBN), bf16 autocast,
+    channels-last, TensorBoard, the seed, the log level and the work dir. A suite builder
+    never sets these itself, so no option can be recorded without being applied.
+    """
+    schedule = spec.recipe.schedule
+    if schedule.batch_size % spec.world_size:
+        raise ValueError(f"batch {schedule.batch_size} is not divisible by {spec.world_size} processes")
+    for split in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg.get(split)
+        if loader is None:
+            continue
+        if spec.num_workers is not None:
+            loader.num_workers = spec.num_workers
+        # Fresh workers every epoch, each seeded from (run seed, epoch, rank, worker id): a
+        # resumed run draws the augmentations of an uninterrupted one, and no epoch replays
+        # another's random stream (MMEngine's default re-seeds workers identically each epoch).
+        loader.persistent_workers = False
+        loader.worker_init_fn = dict(type="seed_data_worker", run_seed=spec.seed)
+    cfg.train_dataloader.batch_size = spec.per_process_batch
+    if spec.world_size > 1:
+        cfg.env_cfg.dist_cfg = dict(backend="gloo" if spec.device == "cpu" else "nccl")
+        # The teacher is frozen before wrapping, so DDP needs no find_unused_parameters.
+        cfg.model_wrapper_cfg = dict(type="DeviceAwareDistributedDataParallel", broadcast_buffers=False,
+                                     find_unused_parameters=False)
+        if spec.sync_bn:
+            cfg.sync_bn = "torch"
+    amp = spec.recipe.options.get("amp")
+    if amp:
+        # MMEngine's AmpOptimWrapper needs CUDA; on CPU the same bf16 autocast through ours.
+        cfg.optim_wrapper.type = "AmpOptimWrapper" if spec.device != "cpu" else "CPUAutocastOptimWrapper"
+        cfg.optim_wrapper.dtype = amp
+    if spec.recipe.options.get("channels_last"):
+        cfg.model.channels_last = True
+    if spec.tensorboard:
+        # Keep the suite's visualizer class (MMDetection's DetLocalVisualizer), add the backend.
+        visualizer = dict(cfg.get("visualizer") or dict(type="Visualizer"))
+        visualizer["vis_backends"] = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
+        cfg.visualizer = visualizer
     cfg.randomness = dict(seed=spec.seed, deterministic=spec.deterministic)
     cfg.log_level = spec.log_level
     cfg.work_dir = str(spec.run_dir / "mmengine")
@@ -182,6 +214,10 @@ class EpochSeeder(Hook):
     def before_train_epoch(self, runner) -> None:
         # Under DDP each rank draws its own augmentations and CRD negatives (distinct, reproducible).
         set_random_seed(self.seed * 100_003 + runner.epoch + 1_000_003 * get_rank())
+        # The epoch's data-loader workers start after this hook: bind (seed, epoch, rank) for them.
+        loader = runner.train_loop.dataloader
+        if loader.num_workers > 0:
+            loader.worker_init_fn = partial(seed_data_worker, run_seed=self.seed, epoch=runner.epoch, rank=get_rank())
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from benchmark.claims import claim, holder_of
 from benchmark.errors import UsageError
@@ -222,6 +223,7 @@ class Sweep:
     pairs: list
     runs: list[PlannedRun]
     stage: object
+    num_data: int | None = None  # size of the training split, once preflight has counted it
 
     @property
     def teacher_names(self) -> list[str]:
@@ -240,16 +242,34 @@ def plan_sweep(args: argparse.Namespace) -> Sweep:
 
 
 def preflight(sweep: Sweep) -> None:
-    """Everything that can be checked is checked before anything runs (UsageError, one line)."""
+    """Everything that can be checked is checked before anything runs.
+
+    All problems are reported together (one line each, the data root first: without data no
+    teacher can be trained and no run can start); the size of the training split is kept.
+    """
+    from benchmark.data import DatasetNotFoundError
+
     args = sweep.args
+    problems = []
+    try:
+        sweep.num_data = sweep.stage.num_train_samples()
+    except DatasetNotFoundError as exc:
+        problems.append(str(exc))
     if getattr(args, "sync_bn", False) and (args.nproc == 1 or sweep.stage.device == "cpu"):
-        raise UsageError("--sync-bn needs --nproc > 1 on CUDA devices (torch's SyncBatchNorm has no CPU kernels)")
+        problems.append("--sync-bn needs --nproc > 1 on CUDA devices (torch's SyncBatchNorm has no CPU kernels)")
     if sweep.needs_teacher:
-        sweep.stage.check_teacher_files(sweep.teacher_names)
-    check_writable_dir(args.work_dir, "--work-dir")
-    if not args.no_aggregate:
-        check_writable_dir(args.tables, "--tables")
-        check_writable_dir(args.reports, "--reports")
+        problems.append(sweep.stage.missing_teacher_files(sweep.teacher_names))
+    outputs = [(args.work_dir, "--work-dir")] + ([] if args.no_aggregate else [(args.tables, "--tables"), (args.reports, "--reports")])
+    for path, option in outputs:
+        try:
+            check_writable_dir(path, option)
+        except UsageError as exc:
+            problems.append(str(exc))
+    problems = [problem for problem in problems if problem]
+    if problems:
+        raise UsageError(*problems)
+    if sweep.needs_teacher:
+        sweep.stage.announce_training(sweep.teacher_names)
     if not args.verbose:
         logging.getLogger("mmengine").setLevel(logging.ERROR)
     if sweep.suite.cpu_threads and sweep.stage.device == "cpu":
@@ -266,7 +286,7 @@ def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
 
     teachers, held_teachers = {}, {}
     try:
-        num_data = sweep.stage.num_train_samples()
+        num_data = sweep.num_data if sweep.num_data is not None else sweep.stage.num_train_samples()
         if sweep.needs_teacher:
             for name in sweep.teacher_names:
                 try:
@@ -325,6 +345,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     sweep = plan_sweep(args)
     if args.dry_run:
         print_plan(sweep.suite, sweep.recipe, sweep.pairs, sweep.runs, {name: sweep.stage.describe(name) for name in sweep.teacher_names})
+        if args.print_config:
+            print_configs(sweep)
         return 0
     preflight(sweep)
     num_data, teachers, held_teachers = prepare_teachers(sweep)
@@ -355,11 +377,47 @@ def run_single(args: argparse.Namespace, run_dir: str) -> int:
     return EXIT_FAILED if outcome.failed else EXIT_HELD if outcome.held else 0
 
 
+def run_spec(run: PlannedRun, args, suite, stage, teacher=None):
+    """The RunSpec of a planned run: what the command line and the teacher stage say about it."""
+    from benchmark.runner import RunSpec
+
+    return RunSpec(
+        suite=suite, pair=run.pair, method=run.method, recipe=run.recipe, seed=run.seed, run_dir=run.run_dir,
+        data_root=args.data_root, device=stage.device, num_workers=args.num_workers, deterministic=args.deterministic,
+        teacher_checkpoint=teacher.path if teacher else None,
+        teacher_checkpoint_sha256=teacher.sha256 if teacher else None,
+        teacher_top1=teacher.top1 if teacher else None,
+        extra={**run.extra, **({"teacher_source": teacher.source} if teacher else {})},
+        log_level="INFO" if args.verbose else "ERROR",
+        world_size=args.nproc, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
+    )
+
+
+def print_configs(sweep: Sweep) -> None:
+    """``--print-config``: each planned run's complete MMEngine config, as the run would use it.
+
+    No data or teacher file is read: the teacher's path is where the sweep would find or train
+    it, and the training-set size (CRD's memory) is counted from the data when the run starts.
+    """
+    from benchmark.runner import STUDENT_EXPORT, build_config
+
+    for run in sweep.runs:
+        teacher = None
+        if run.method != BASELINE:
+            name = run.pair.teacher
+            path = sweep.stage.community_path(name) or sweep.stage.run_dir(name) / STUDENT_EXPORT
+            teacher = SimpleNamespace(path=str(path), sha256=None, top1=None, source="planned")
+        cfg = build_config(run_spec(run, sweep.args, sweep.suite, sweep.stage, teacher), None, check_files=False)
+        say(f"# ---- {run.label} -> {run.run_dir}")
+        say("# num_data (the training-set size) is counted from the data when the run starts")
+        say(cfg.pretty_text)
+
+
 def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, num_data: int, progress: "Progress", outcome: SweepOutcome) -> None:
     """One planned run, under its claim: skip, resume or start it, and record the outcome."""
     from benchmark.checkpoints import CheckpointError
     from benchmark.data import DatasetNotFoundError
-    from benchmark.runner import RunSpec, execute, new_record
+    from benchmark.runner import execute, new_record
 
     state, record = existing_state(run)  # read only now that the run is ours
     if state == "completed":
@@ -377,16 +435,7 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
     if state == "failed":
         (run.run_dir / "record.json").replace(run.run_dir / "record.failed.json")
     teacher = teachers.get(run.pair.teacher) if run.method != BASELINE else None
-    spec = RunSpec(
-        suite=suite, pair=run.pair, method=run.method, recipe=run.recipe, seed=run.seed, run_dir=run.run_dir,
-        data_root=args.data_root, device=stage.device, num_workers=args.num_workers, deterministic=args.deterministic,
-        teacher_checkpoint=teacher.path if teacher else None,
-        teacher_checkpoint_sha256=teacher.sha256 if teacher else None,
-        teacher_top1=teacher.top1 if teacher else None,
-        extra={**run.extra, **({"teacher_source": teacher.source} if teacher else {})},
-        log_level="INFO" if args.verbose else "ERROR",
-        world_size=args.nproc, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
-    )
+    spec = run_spec(run, args, suite, stage, teacher)
     resume = state == "interrupted"
     if record is None or not resume:
         record = new_record(spec)

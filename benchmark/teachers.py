@@ -137,22 +137,33 @@ class TeacherStage:
         dataset = DATASETS.build(_dataset_cfg(self.suite, "train", self.args.data_root, self.args.download))
         return len(dataset)
 
-    def check_teacher_files(self, names: list[str]) -> None:
-        """Every teacher the plan needs is found, or may be trained: else stop before anything runs.
+    def missing_teacher_files(self, names: list[str]) -> str | None:
+        """The problem with the teachers the plan needs, in one line, or None when each is found or may be trained.
 
         With --teachers, every file must be there (training is then only with --train-teachers);
-        suites that do not train missing teachers (ImageNet) stop unless --train-teachers.
+        suites that do not train missing teachers (ImageNet, COCO) need --train-teachers.
         """
         missing = [name for name in names if not self.community_path(name)]
         refused = [name for name in missing if not self.may_train(name)]
-        if refused:
-            expected = "; ".join(" or ".join(map(str, self.expected_files(name))) or f"--teachers DIR/{self.suite.teacher_files(name)[0]}"
-                                 for name in refused)
-            raise UsageError(f"{len(refused)} teacher file(s) not found: {expected}; put them there, or pass --train-teachers to train them")
-        for name in missing:
-            if not self.trained_before(name):
+        if not refused:
+            return None
+        expected = "; ".join(" or ".join(map(str, self.expected_files(name))) or f"--teachers DIR/{self.suite.teacher_files(name)[0]}"
+                             for name in refused)
+        return f"{len(refused)} teacher file(s) not found: {expected}; put them there, or pass --train-teachers to train them"
+
+    def announce_training(self, names: list[str]) -> None:
+        """Say, before anything runs, which teachers this sweep will train (no file was found for them)."""
+        for name in names:
+            if not self.community_path(name) and not self.trained_before(name):
                 print(f"teacher {name}: no file found, so this sweep trains it with the {self.recipe} recipe "
                       f"({self._recipe(name).schedule.epochs} epochs); published deltas need the reference teachers", flush=True)
+
+    def check_teacher_files(self, names: list[str]) -> None:
+        """Every teacher the plan needs is found, or may be trained: else UsageError before anything runs."""
+        problem = self.missing_teacher_files(names)
+        if problem:
+            raise UsageError(problem)
+        self.announce_training(names)
 
     def ensure(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
         """The teacher's checkpoint, evaluated or trained under the teacher run's claim.

@@ -9,6 +9,7 @@ into the run directory and runs as it is with MMDetection's tooling too.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmengine.config import Config
@@ -39,11 +40,11 @@ def _pretrained_of(model: dict) -> str | None:
     return None
 
 
-def _resolve_pretrained(model: dict, network: str) -> dict:
+def _resolve_pretrained(model: dict, network: str, check_files: bool = True) -> dict:
     """The student's ImageNet weights as a local file (one-line CheckpointError when absent)."""
     model = copy.deepcopy(model)
     reference = _pretrained_of(model)
-    if reference:
+    if reference and check_files:
         model["backbone"]["init_cfg"]["checkpoint"] = check_pretrained(reference, f"{network} backbone")
     return model
 
@@ -70,27 +71,33 @@ def _param_schedulers(schedule: Any) -> list[dict]:
     return ([warmup] if schedule.warmup_iters > 0 else []) + [steps]
 
 
-def build_run_config(suite: Any, spec: "RunSpec") -> Config:
-    """The MMDetection config of one run of a detection suite (raises one-line errors for the user)."""
+def build_run_config(suite: Any, spec: "RunSpec", check_files: bool = True) -> Config:
+    """The suite's part of one detection run's MMDetection config (raises one-line errors for the user).
+
+    The run-level settings (workers, batch per process, DDP, AMP, channels-last, TensorBoard,
+    seed, work dir) are applied afterwards by ``benchmark.runner.apply_run_overlay``, as for
+    every suite. ``check_files=False``: no data, teacher or pretrained file is looked at.
+    """
     problem = detection_stack_problem()
     if problem:
         raise UsageError(problem)
     import benchmark.detection.model  # noqa: F401  (registers DistillationDetector & co.)
 
-    data_root = check_layout(spec.data_root)
+    data_root = check_layout(spec.data_root) if check_files else Path(spec.data_root or "data")
     schedule = spec.recipe.schedule
     student_net = spec.student  # the teacher's own network for a teacher trained alone
     cfg = load_network_config(suite.networks[student_net])
-    student = _resolve_pretrained(cfg.model.to_dict(), student_net)
+    student = _resolve_pretrained(cfg.model.to_dict(), student_net, check_files)
     method = dict(spec.recipe.method) if spec.method != "teacher" else {"type": "ce"}
     teacher = None
     if method["type"] != "ce":
-        if not spec.teacher_checkpoint:
+        if not spec.teacher_checkpoint and check_files:
             raise CheckpointError(f"{spec.pair.name} {spec.method}: no teacher checkpoint given")
         teacher = load_network_config(suite.networks[spec.pair.teacher]).model.to_dict()
     cfg.custom_imports = CUSTOM_IMPORTS
     cfg.model = dict(type="DistillationDetector", student=student, teacher=teacher,
-                     teacher_checkpoint=spec.teacher_checkpoint if teacher else None, distill=method,
+                     teacher_checkpoint=(spec.teacher_checkpoint or "<teacher checkpoint>") if teacher else None,
+                     distill=method,
                      data_preprocessor=copy.deepcopy(student["data_preprocessor"]))
 
     # Schedule: the recipe's, expressed as MMDetection writes its 1x schedule.
@@ -110,15 +117,8 @@ def build_run_config(suite: Any, spec: "RunSpec") -> Config:
         loader.dataset.ann_file = ann_file
         loader.dataset.data_prefix = dict(img=image_dir + "/")
         loader.dataset.pipeline = _pipeline_resize(loader.dataset.pipeline, train_scales if split == "train" else test_scale)
-        if spec.num_workers is not None:
-            loader.num_workers = spec.num_workers
-        # Fresh workers every epoch, seeded from the per-epoch seed: a resumed run draws what an
-        # uninterrupted one draws.
-        loader.persistent_workers = False
     cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
-    if schedule.batch_size % spec.world_size:
-        raise ValueError(f"batch {schedule.batch_size} is not divisible by {spec.world_size} processes")
-    cfg.train_dataloader.batch_size = spec.per_process_batch
+    cfg.train_dataloader.batch_size = schedule.batch_size  # per process: the run overlay divides it
     for name in ("val_evaluator", "test_evaluator"):
         cfg[name] = dict(type="CocoMetric", ann_file=str(data_root / SPLITS["val"][0]), metric="bbox", format_only=False,
                          backend_args=None)
@@ -126,22 +126,10 @@ def build_run_config(suite: Any, spec: "RunSpec") -> Config:
     # Runtime: checkpoints every epoch, two kept (resume), MMEngine logs at the run's level.
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True)
     cfg.default_hooks.logger = dict(type="LoggerHook", interval=50)
-    if spec.world_size > 1:
-        cfg.env_cfg.dist_cfg = dict(backend="gloo" if spec.device == "cpu" else "nccl")
-        cfg.model_wrapper_cfg = dict(type="DeviceAwareDistributedDataParallel", broadcast_buffers=False,
-                                     find_unused_parameters=False)
-        if spec.sync_bn:
-            cfg.sync_bn = "torch"
     # MMDetection names its visualizer 'visualizer'; MMEngine keeps one instance per name, so a second
     # run in the same process would log into the first run's folder. Unnamed, it takes the run's name.
     cfg.visualizer.pop("name", None)
-    if spec.tensorboard:
-        cfg.visualizer.vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
     cfg.load_from, cfg.resume = None, False
-    cfg.randomness = dict(seed=spec.seed, deterministic=spec.deterministic)
-    cfg.log_level = spec.log_level
-    cfg.work_dir = str(spec.run_dir / "mmengine")
-    cfg.recipe = spec.recipe.to_dict()
     return cfg
 
 

@@ -222,13 +222,18 @@ class DistillationDetector(BaseModel):
             ``dict(type='fitnet', hint_weight=...)`` for FPN hints, or None / ``ce`` for none.
         data_preprocessor: the batch preprocessor of student and teacher (default: the
             student's) — both see the same normalised, padded batch.
+        channels_last: both detectors' weights and the input batch in the channels-last memory
+            format (``--channels-last``).
     """
 
     def __init__(self, student: dict, teacher: dict | None = None, teacher_checkpoint: str | None = None,
                  distill: dict | None = None, data_preprocessor: dict | nn.Module | None = None,
-                 init_cfg: dict | None = None) -> None:
+                 init_cfg: dict | None = None, channels_last: bool = False) -> None:
         with DefaultScope.overwrite_default_scope("mmdet"):  # also when built outside a Runner
             self._build(student, teacher, teacher_checkpoint, distill, data_preprocessor, init_cfg)
+        self.channels_last = channels_last
+        if channels_last:  # weights now; the batch in forward (MMEngine's init keeps the layout)
+            self.to(memory_format=torch.channels_last)
 
     def _build(self, student, teacher, teacher_checkpoint, distill, data_preprocessor, init_cfg) -> None:
         student = _with_keeping_roi_head(student)
@@ -310,6 +315,8 @@ class DistillationDetector(BaseModel):
     # -------------------------------------------------------------- forward
 
     def forward(self, inputs: Tensor, data_samples: list | None = None, mode: str = "tensor") -> Any:
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         if mode == "loss":
             return self.loss(inputs, data_samples)
         if mode == "predict":

@@ -170,11 +170,11 @@ class DetectionSuite(Suite):
     metric_title: str = "bbox AP (%) on COCO val2017"
     table_notes: tuple[str, ...] = ()
 
-    def build_config(self, spec, num_data: int):
-        """The run's MMDetection config (``benchmark.runner.build_config`` calls this)."""
+    def build_config(self, spec, num_data: int | None, check_files: bool = True):
+        """The suite's part of a run's MMDetection config (``benchmark.runner.build_config`` calls this)."""
         from benchmark.detection.config import build_run_config
 
-        return build_run_config(self, spec)
+        return build_run_config(self, spec, check_files)
 
     def num_train_samples(self, data_root: str | None) -> int:
         """Checks the COCO 2017 layout (one-line DatasetNotFoundError) and counts the training images."""

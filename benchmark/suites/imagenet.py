@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmark.errors import UsageError
+
 from . import register_suite
 from .base import Pair, ResolvedRecipe, Schedule, Suite
 
@@ -92,8 +94,15 @@ def standard_schedule(method: str) -> Schedule:
 
 
 def method_config(pair: Pair, method: str, method_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The method's registry config: this suite's settings, then the suite's method defaults."""
-    settings = dict(METHOD_SETTINGS.get(method, {}))
+    """The method's registry config: this suite's settings, then the suite's method defaults.
+
+    A registered method without ImageNet settings is refused rather than run with its CIFAR
+    defaults (their temperature, weights and negatives were tuned for CIFAR-100).
+    """
+    if method not in METHOD_SETTINGS:
+        raise UsageError(f"method {method} has no ImageNet settings in this suite (loss weights, temperature, "
+                         f"schedule); suite imagenet runs: {', '.join(METHOD_SETTINGS)}")
+    settings = dict(METHOD_SETTINGS[method])
     if method == "dkd":
         if pair.name not in DKD_BETA:
             raise KeyError(f"suite 'imagenet' has no DKD beta for pair {pair.name!r}; its pairs: {', '.join(DKD_BETA)}")
