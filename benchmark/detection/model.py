@@ -21,6 +21,7 @@ left out of the training checkpoints (it is reloaded from its own file).
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,53 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
 
 from benchmark.checkpoints import CheckpointError, load_tensors_only
 from methods import METHODS, StepInputs, build_method
 from methods.fitnet import fitnet_loss
+
+def _fp32_island(function):
+    """``function`` run in float32 when called inside an autocast region (floating tensors cast, autocast off)."""
+
+    @functools.wraps(function)
+    def in_fp32(*args, **kwargs):
+        tensors = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        if not torch.is_autocast_enabled(device):
+            return function(*args, **kwargs)
+        args, kwargs = tree_map(lambda x: x.float() if isinstance(x, Tensor) and x.is_floating_point() else x, (args, kwargs))
+        with torch.autocast(device_type=device, enabled=False):
+            return function(*args, **kwargs)
+
+    in_fp32.kd_fp32_island = True
+    return in_fp32
+
+
+def _mmcv_ops_in_fp32_under_autocast() -> None:
+    """Run mmcv's NMS and RoIAlign, and MMDetection's RoI extractor around it, in float32 under ``--amp``.
+
+    mmcv 2.1 has no bfloat16 kernels for them (its NMS reads ``float`` pointers, RoIAlign
+    dispatches float/double/half), so a bf16 autocast step of a Faster R-CNN stops with
+    "expected scalar type Float but found BFloat16"; MMDetection's ``SingleRoIExtractor`` writes
+    RoIAlign's output into a buffer of the features' dtype. Like the ops on torch's own autocast
+    fp32 list, they run with their floating inputs cast to float32 and autocast off inside an
+    autocast region; outside one nothing changes. Applied once, for CPU and CUDA.
+    """
+    from mmcv.ops.nms import NMSop
+    from mmcv.ops.roi_align import RoIAlignFunction
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+
+    for owner in (NMSop, RoIAlignFunction, SingleRoIExtractor):
+        forward = owner.__dict__["forward"]
+        function = forward.__func__ if isinstance(forward, staticmethod) else forward
+        if getattr(function, "kd_fp32_island", False):
+            continue
+        island = _fp32_island(function)
+        owner.forward = staticmethod(island) if isinstance(forward, staticmethod) else island
+
+
+_mmcv_ops_in_fp32_under_autocast()
 
 # Methods that act on the RoI classification logits (the registry's logit methods).
 ROI_LOGIT_METHODS = ("kd", "dkd", "ckd")
