@@ -60,7 +60,8 @@ def test_issue7_dkd_seeds_are_below_the_paper():
 
 
 def test_reproduced():
-    """d = 0.05, s = 0.2, n = 5, m = 5: SE = 0.2·√0.4 = 0.12649, 90% = 0.05 ± 2.1318·SE = [−0.2197, 0.3197] ⊂ ±0.5."""
+    """d = 0.05, s = 0.2, n = 5, m = 5: SE = 0.2·√0.4 = 0.12649,
+    90% = 0.05 ± 2.1318·SE = [−0.2197, 0.3197] ⊂ ±0.5."""
     v = verdict(0.05, 0.2, 5, m=5, margin=0.5)
     assert v.label == REPRODUCED and v.text == "reproduced"
     assert v.interval90 == pytest.approx((0.05 - _q(0.95, 4) * 0.2 * math.sqrt(0.4),
@@ -71,7 +72,8 @@ def test_reproduced():
 
 
 def test_above():
-    """d = 1.02, s = 0.1, n = 3, m = 1: SE = 0.1·√(4/3) = 0.11547, 95% = 1.02 ± 4.3027·SE = [0.5232, 1.5168] > 0."""
+    """d = 1.02, s = 0.1, n = 3, m = 1: SE = 0.1·√(4/3) = 0.11547,
+    95% = 1.02 ± 4.3027·SE = [0.5232, 1.5168] > 0."""
     v = verdict(1.02, 0.1, 3, m=1)
     assert v.label == ABOVE
     assert v.interval == pytest.approx((0.5232, 1.5168), abs=1e-4)
@@ -92,7 +94,8 @@ def test_inconclusive_with_the_seeds_needed():
 
 
 def test_inconclusive_never():
-    """d = −0.2, s = 0.3, n = 3, m = 1: |d| = 0.2 ≤ (1.960 + 0.842)·0.3/√1 = 0.8405: no number of seeds decides."""
+    """d = −0.2, s = 0.3, n = 3, m = 1: |d| = 0.2 ≤ (1.960 + 0.842)·0.3/√1 = 0.8405: no number of seeds
+    decides (95% = −0.2 ± 4.3027·0.3·√(4/3) ∋ 0)."""
     v = verdict(-0.2, 0.3, 3, m=1)
     assert v.label == INCONCLUSIVE and v.seeds_needed is None
     assert v.text == "inconclusive (never)" and v.seeds_needed_text == "never"
@@ -142,7 +145,8 @@ def test_p_value_and_zero_spread():
 
 
 def test_benjamini_hochberg():
-    """p = (0.01, 0.04, 0.03, 0.5): sorted 0.01, 0.03, 0.04, 0.5 → ×4/1, ×4/2, ×4/3, ×4/4 = 0.04, 0.06, 0.0533, 0.5;
+    """p = (0.01, 0.04, 0.03, 0.5): sorted 0.01, 0.03, 0.04, 0.5 → ×4/1, ×4/2, ×4/3, ×4/4
+    = 0.04, 0.06, 0.0533, 0.5;
     monotone from the top: 0.04, 0.0533, 0.0533, 0.5."""
     assert benjamini_hochberg([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
     assert benjamini_hochberg([]) == [] and benjamini_hochberg([0.9, 0.8]) == pytest.approx([0.9, 0.9])
@@ -323,3 +327,27 @@ def test_fixture_verdict_numbers_are_robust_to_the_machine():
                         for decimals in (2, 4):
                             scaled = abs(value) * 10 ** decimals
                             assert abs(scaled - math.floor(scaled) - 0.5) > 1e-6, (suite, row.label, value)
+
+
+def test_imagenet_margin_and_unstated_statistic(tmp_path):
+    """ImageNet: margin 0.3 (provisional); the torchvision Student and CRD's ImageNet number (statistic not
+    stated) are compared in the last-epoch table, and the table says so.
+
+    CE resnet34→resnet18 vs torchvision's 69.76: mean 69.80, d = 0.04, s = 0.1, n = 3, m = 1:
+    SE = 0.1·√(4/3) = 0.11547, 90% = 0.04 ± 2.9200·SE = [−0.297, 0.377]: not inside ±0.3 (it would be
+    inside CIFAR-100's ±0.5); 95% ∋ 0; never (0.04 ≤ 2.8·0.1): inconclusive (never).
+    """
+    pair = ("resnet34_in1k", "resnet18_in1k")
+    for method, seeds in (("ce", [69.70, 69.80, 69.90]), ("crd", [71.10, 71.20])):
+        for seed, value in enumerate(seeds):
+            synthetic.write(tmp_path / "w", make_record("imagenet", *pair, method, seed, value, bump=0.0,
+                                                        teacher_top1=73.31, extra=COMMUNITY))
+    aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
+    last = pd.read_csv(tmp_path / "t" / "imagenet_last.csv", keep_default_na=False, dtype=str)
+    assert _cell(last, pair, "ce")["published"] == "69.7600" and _cell(last, pair, "ce")["verdict"] == INCONCLUSIVE
+    assert _cell(last, pair, "ce")["seeds_needed"] == "never"
+    assert _cell(last, pair, "crd")["published"] == "71.1700"
+    assert verdict(0.04, 0.1, 3, m=1, margin=0.5).label == REPRODUCED
+    md = (tmp_path / "t" / "imagenet_last.md").read_text()
+    assert "inside ±0.3 pp" in md and "provisional" in md
+    assert "statistic is neither last nor best epoch" in md
