@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
@@ -294,34 +295,32 @@ BEST_MINUS_LAST_NOTE = ("Best − last: per run, its best-epoch minus its last-e
                         "optimism of a best-epoch number.")
 
 
-def markdown_blocks(table: "SuiteTable", headers: list[str], align: Sequence[str]) -> list[str]:
-    """The verdict block (under the Δ block) and, in the best-epoch table, the best − last block."""
-    import pandas as pd
-
-    parts: list[str] = []
+def _blocks(table: "SuiteTable") -> list[tuple[str, str, str, Callable[["Cell | None"], str]]]:
+    """(Markdown heading, LaTeX heading, row-label prefix, cell text) of the blocks under the Δ block."""
     blocks = []
     if has_verdicts(table):
-        blocks.append(("Verdict vs published (see the notes):", "Verdict ", verdict_text))
+        blocks.append(("Verdict vs published (see the notes):", r"Verdict vs.\ published", "Verdict ", verdict_text))
     if has_best_minus_last(table):
-        blocks.append(("Best − last epoch (paired over seeds):", "Best − last ", best_minus_last_text))
-    for heading, prefix, text in blocks:
+        blocks.append(("Best − last epoch (paired over seeds):", r"Best $-$ last epoch (paired over seeds)",
+                       "Best − last ", best_minus_last_text))
+    return blocks
+
+
+def markdown_blocks(table: "SuiteTable", headers: list[str], align: Sequence[str]) -> list[str]:
+    """The verdict block (under the Δ block) and, in the best-epoch table, the best − last block."""
+    parts: list[str] = []
+    for heading, _, prefix, text in _blocks(table):
         body = [[prefix + row.label] + [text(row.cells.get(p)) for p in table.pairs] for row in table.rows]
         frame = pd.DataFrame(body, columns=headers)
         parts += [heading, "", frame.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
     return parts
 
 
-def latex_lines(table: "SuiteTable", escape) -> list[str]:
+def latex_lines(table: "SuiteTable", escape: Callable[[str], str]) -> list[str]:
     """The LaTeX rows of the same blocks (inside the tabular, before \\bottomrule)."""
-    ncols = len(table.pairs) + 1
     lines: list[str] = []
-    blocks = []
-    if has_verdicts(table):
-        blocks.append((r"Verdict vs.\ published", "Verdict ", verdict_text))
-    if has_best_minus_last(table):
-        blocks.append((r"Best $-$ last epoch (paired over seeds)", "Best − last ", best_minus_last_text))
-    for heading, prefix, text in blocks:
-        lines += [r"\midrule", rf"\multicolumn{{{ncols}}}{{l}}{{\emph{{{heading}}}}} \\"]
+    for _, heading, prefix, text in _blocks(table):
+        lines += [r"\midrule", rf"\multicolumn{{{len(table.pairs) + 1}}}{{l}}{{\emph{{{heading}}}}} \\"]
         for row in table.rows:
             cells = [escape(prefix + row.label)] + [escape(text(row.cells.get(p))) for p in table.pairs]
             lines.append(" & ".join(cells) + r" \\")
