@@ -193,6 +193,7 @@ def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, compl
     blocks.append(("p", f"**Runs**: {loaded.found} record files found: {summary.counts_line()}."))
     if not summary.ok:
         blocks.append(("p", "No usable run record: no table or plot was written."))
+    blocks += _verdict_blocks(sections)
     for suite, suite_tables, suite_plots, notes in sections:
         blocks.append(("h2", f"Suite `{suite}`"))
         items = []
@@ -227,6 +228,20 @@ def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, compl
         blocks.append(("h2", "Skipped records"))
         blocks.append(("table", ["record", "kind", "reason"], [list(s) for s in summary.skipped]))
     return blocks
+
+
+def _verdict_blocks(sections) -> list[Block]:
+    """One screen: per suite and table, how many published numbers we reproduce, miss, exceed or cannot tell yet."""
+    from benchmark.report import verdict as verdicts
+
+    rows = [row for suite, suite_tables, _, _ in sections for row in verdicts.index_rows(suite, suite_tables)]
+    if not rows:
+        return []
+    return [("h2", "Verdicts vs published numbers"),
+            ("p", "Cells with a comparable published number (same suite, pair, method, statistic, community "
+                  "teacher), by verdict; the rule is in each table's notes. Inconclusive cells list the seeds "
+                  "that would settle them (never: more seeds cannot)."),
+            ("table", verdicts.INDEX_HEADERS, rows)]
 
 
 def build_parser() -> argparse.ArgumentParser:

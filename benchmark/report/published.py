@@ -1,6 +1,8 @@
 """Published top-1 numbers to compare with (``benchmark/published_numbers.csv``).
 
-Columns: suite, teacher, student, method, top1, statistic, source. The ``student``
+Columns: suite, teacher, student, method, top1, statistic, source, and the optional ``runs``
+(how many runs the number averages) and ``std`` (their std), filled only where the source
+states them (the verdicts of :mod:`.verdict` take m = 1 when ``runs`` is empty). The ``student``
 rows (the student trained alone) are our ``ce`` rows; ``teacher`` rows are the
 teacher trained alone. CKD has no published numbers and none are invented. Model names
 are the sources' (``ResNet34``); per suite they are mapped to the zoo's
@@ -34,15 +36,23 @@ class Published:
     top1: float
     statistic: str  # as printed in the CSV, e.g. "last epoch, single run"
     source: str
+    runs: int | None = None  # runs averaged, where the source states it
+    std: float | None = None  # std over those runs, where the source states it
 
     @property
-    def kind(self) -> str | None:
-        """'last' or 'best' (which of our tables it is comparable with), else None."""
+    def stated(self) -> bool:
+        """Whether the statistic text says last or best epoch."""
+        return self.statistic.strip().lower().startswith(("last", "best"))
+
+    @property
+    def kind(self) -> str:
+        """'last' or 'best': which of our tables it is comparable with.
+
+        A number whose statistic is neither (a released checkpoint evaluated as is, or a paper that
+        does not say) is a final model's: it is compared with the last-epoch table, the default.
+        """
         text = self.statistic.strip().lower()
-        for kind in ("last", "best"):
-            if text.startswith(kind):
-                return kind
-        return None
+        return "best" if text.startswith("best") else "last"
 
 
 PublishedTable = dict[tuple[str, str, str, str], Published]  # (suite, teacher, student, method)
@@ -65,5 +75,14 @@ def load_published(path: str | os.PathLike | None = None) -> PublishedTable:
         names = _MODEL_MAP.get(suite, {})
         teacher, student = (names.get(name.strip(), name.strip()) for name in (row.teacher, row.student))
         key = (suite, teacher, student, method)
-        table[key] = Published(top1, row.statistic.strip(), row.source.strip())
+        table[key] = Published(top1, row.statistic.strip(), row.source.strip(),
+                               _optional(getattr(row, "runs", ""), int), _optional(getattr(row, "std", ""), float))
     return table
+
+
+def _optional(text: str, kind: type) -> int | float | None:
+    """An optional CSV cell: empty (or unreadable) -> None."""
+    try:
+        return kind(text.strip()) if text and text.strip() else None
+    except ValueError:
+        return None

@@ -30,6 +30,7 @@ from scipy.stats import ttest_ind
 from benchmark.atomic import write_text
 from benchmark.records import STUDENT_ROW, TEACHER_ROW
 
+from . import verdict as verdicts
 from .load import COMMUNITY, TRAINED
 from .published import Published, PublishedTable
 
@@ -43,7 +44,8 @@ ALPHA = 0.05
 DEFAULT_RECIPE = "unified"
 CSV_COLUMNS = ("suite", "statistic", "recipe", "epochs", "teacher", "student", "method", "mean", "std", "n",
                "published", "delta", "best", "indistinguishable_from_best", "values_from",
-               "teacher_source", "teacher_sha256", "delta_comparable")
+               "teacher_source", "teacher_sha256", "delta_comparable",
+               "verdict", "p_value", "p_adjusted", "seeds_needed", "best_minus_last")  # the last five: .verdict
 
 DAGGER, DDAGGER, PM, ARROW, DASH = "†", "‡", "±", "→", "–"
 PILCROW = "¶"  # a row whose recipe is the suite's own choice, not a reference recipe
@@ -123,6 +125,9 @@ class Cell:
     # "" for a row that uses no teacher (the student trained alone).
     teacher_source: str = ""
     teacher_shas: tuple[str, ...] = ()  # distinct teacher checkpoint sha256 of the runs
+    verdict: verdicts.Verdict | None = None  # vs the published number (see .verdict); None without one
+    p_adjusted: float | None = None  # the verdict's p, Benjamini–Hochberg over the table
+    best_minus_last: tuple[float, ...] = ()  # best-epoch table: per run, best − last (paired over seeds)
 
     @property
     def delta(self) -> float | None:
@@ -408,6 +413,9 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                     row.cells[pair] = Cell.of(sel[column].to_numpy(dtype=float),
                                               recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))),
                                               world_sizes=tuple(sorted({int(w) for w in sel["world_size"]})))
+                    if statistic == "best":  # the optimism of a best-epoch number, paired per run
+                        gaps = sel["best_top1"].to_numpy(dtype=float) - sel["last_top1"].to_numpy(dtype=float)
+                        row.cells[pair].best_minus_last = tuple(float(g) for g in gaps if math.isfinite(g))
                     if row.method != STUDENT_ROW:
                         row.cells[pair].teacher_source = _kind_text(sel["teacher_kind"])
                         row.cells[pair].teacher_shas = tuple(sorted({s for s in sel["teacher_ckpt"] if s}))
@@ -465,6 +473,7 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
             if ref not in sources:
                 sources.append(ref)
             cell.source_ref = sources.index(ref) + 1
+    verdicts.apply_verdicts(suite, rows, pairs)
 
     notes = ["Mean ± std over seeds, (n) = number of seeds; std with ddof=1, omitted when n = 1. "
              "Columns: teacher→student."]
@@ -513,7 +522,9 @@ def _finish(suite: str, statistic: str, pairs: list[Pair], rows: list[Row], reci
         ref = f" (compared in {safe_name(suite)}_{kind})" if kind in STATISTICS else ""
         notes.append(f"Published numbers at the {words} exist for {', '.join(other[kind])}{ref}; "
                      "they are not comparable with this table's statistic.")
-    return SuiteTable(suite, statistic, pairs, rows, recipes, epochs, notes, sources, n_runs)
+    table = SuiteTable(suite, statistic, pairs, rows, recipes, epochs, notes, sources, n_runs)
+    table.notes += verdicts.notes(table)
+    return table
 
 
 # --------------------------------------------------------------------------- rendering
@@ -602,6 +613,7 @@ def render_markdown(table: SuiteTable) -> str:
         dframe = pd.DataFrame(delta_rows, columns=headers)
         parts += ["Δ vs published (ours − published):", "",
                   dframe.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+    parts += verdicts.markdown_blocks(table, headers, align)
     parts += ["Notes:", ""] + [f"- {note}" for note in table.notes] + [""]
     return "\n".join(parts)
 
@@ -609,7 +621,8 @@ def render_markdown(table: SuiteTable) -> str:
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
         "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "Δ": r"$\Delta$", "≥": r"$\geq$",
-        "→": r"$\to$", "−": r"$-$", "–": "--", "…": r"\ldots{}", "<": r"$<$", ">": r"$>$", "§": r"$^\S$"}
+        "→": r"$\to$", "−": r"$-$", "–": "--", "…": r"\ldots{}", "<": r"$<$", ">": r"$>$", "§": r"$^\S$",
+        "≤": r"$\leq$", "·": r"$\cdot$", "√": r"$\surd$", "α": r"$\alpha$"}  # the last four: verdict notes
 
 
 def tex_escape(text: str) -> str:
@@ -655,6 +668,7 @@ def render_latex(table: SuiteTable) -> str:
             cells = [tex_escape("Δ " + row.label)]
             cells += [tex_escape(_delta_text(row.cells.get(p), minus="−") or DASH) for p in table.pairs]
             lines.append(" & ".join(cells) + r" \\")
+    lines += verdicts.latex_lines(table, tex_escape)
     lines += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
     lines += [tex_escape(note) + r"\par" for note in table.notes]
     lines += [r"\end{table}", ""]
@@ -682,6 +696,7 @@ def tidy_frame(table: SuiteTable) -> pd.DataFrame:
                 "teacher_source": cell.teacher_source,
                 "teacher_sha256": ";".join(sha[:SHA_PREFIX] for sha in cell.teacher_shas),
                 "delta_comparable": "" if cell.delta_comparable is None else str(cell.delta_comparable),
+                **verdicts.csv_fields(cell),
             })
     return pd.DataFrame(out, columns=list(CSV_COLUMNS))
 
@@ -816,7 +831,7 @@ def build_metric_tables(records: pd.DataFrame, suite: str, spec: MetricSpec,
     out = []
     for s, statistic in enumerate(STATISTICS):
         tables = [metric_tables[s] for metric_tables in per_metric]
-        notes = list(tables[0].notes)
+        notes = [note for note in tables[0].notes if note != verdicts.BEST_MINUS_LAST_NOTE]  # not rendered here
         columns = (f"Columns: teacher→student, then {', '.join(spec.labels)} per pair"
                    + (" (AP = mAP over IoU .50:.95)." if "AP" in spec.labels else "."))
         notes[0] = notes[0].replace("Columns: teacher→student.", columns)
