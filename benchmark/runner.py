@@ -114,10 +114,8 @@ def build_config(spec: RunSpec, num_data: int | None, check_files: bool = True) 
 
     ``check_files=False`` builds it without data or teacher files (``--dry-run --print-config``).
     """
-    suite_builder = getattr(spec.suite, "build_config", None)
-    if suite_builder is not None:  # a suite with its own config files (COCO detection)
-        cfg = suite_builder(spec, num_data, check_files=check_files)
-    else:
+    cfg = spec.suite.build_config(spec, num_data, check_files=check_files)
+    if cfg is None:  # the standard classification config
         cfg = classification_config(spec, num_data)
     return apply_run_overlay(cfg, spec)
 
@@ -245,7 +243,7 @@ def environment(device: str) -> dict[str, Any]:
 
 def suite_metrics(suite: Suite) -> tuple[Metric, ...]:
     """The suite's metrics (``suite.metrics``), top-1/top-5 for the classification suites."""
-    return tuple(getattr(suite, "metrics", None) or CLASSIFICATION)
+    return tuple(suite.metrics or CLASSIFICATION)
 
 
 def new_record(spec: RunSpec) -> RunRecord:
@@ -277,8 +275,7 @@ def new_record(spec: RunSpec) -> RunRecord:
 
 def _suite_env(suite: Suite) -> dict[str, Any]:
     """Versions of the suite's own stack (e.g. mmdet, mmcv for detection) for the record's env."""
-    versions = getattr(suite, "stack_versions", None)
-    return versions() if callable(versions) else {}
+    return suite.stack_versions()
 
 
 class AtomicCheckpointRunner(Runner):
@@ -419,10 +416,8 @@ def train(
     record.status = "completed"
     if main_process:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        export = getattr(spec.suite, "export_student", None)
-        if export is not None:  # the suite's own format (detection: an MMDetection checkpoint)
-            export(model, spec.run_dir / STUDENT_EXPORT, record)
-        else:
+        # The suite's own format (detection: an MMDetection checkpoint), else the community one.
+        if spec.suite.export_student(model, spec.run_dir / STUDENT_EXPORT, record) is None:
             save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
     record_hook.write()
     return record

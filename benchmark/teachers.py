@@ -211,10 +211,9 @@ class TeacherStage:
         except RecordError:
             pass
         say(f"teacher {name}: evaluating {path} on the test split")
-        evaluate = getattr(self.suite, "evaluate_teacher", None)
-        if evaluate is not None:  # a suite with its own networks and metrics (COCO: MMDetection, bbox AP)
-            values = evaluate(name, path, self.args.data_root, self.device, num_workers=self.args.num_workers)
-        else:
+        # A suite with its own networks and metrics (COCO: MMDetection, bbox AP) evaluates itself.
+        values = self.suite.evaluate_teacher(name, path, self.args.data_root, self.device, num_workers=self.args.num_workers)
+        if values is None:
             model = build_model(name, self.suite.num_classes)
             load_community_checkpoint(model, path)
             values = {"top1": round(evaluate_top1(model, self.suite, self.args.data_root, self.device,

@@ -757,15 +757,15 @@ def suite_metric_spec(suite: str, records: pd.DataFrame) -> MetricSpec | None:
         declared = get_suite(suite)
     except Exception:  # noqa: BLE001 - an unknown suite (e.g. a test fixture): from the records
         declared = None
-    metrics = tuple(getattr(declared, "table_metrics", ()) or ())
+    metrics = declared.table_metrics if declared is not None else ()
     if not metrics:
         names = sorted({tuple(n) for n in records.get("metric_names", pd.Series([], dtype=object)) if len(n)})
         if not names or all(set(n) <= {"top1", "top5"} for n in names):
             return None
         metrics = names[0][:3]
     labels = tuple(METRIC_LABELS.get(m, m) for m in metrics)
-    title = getattr(declared, "metric_title", "") or ", ".join(labels) + " (%)"
-    return MetricSpec(metrics, labels, title, tuple(getattr(declared, "table_notes", ()) or ()))
+    title = (declared.metric_title if declared is not None else "") or ", ".join(labels) + " (%)"
+    return MetricSpec(metrics, labels, title, declared.table_notes if declared is not None else ())
 
 
 @dataclass

@@ -264,7 +264,8 @@ def verdict_notes(table: "SuiteTable") -> list[str]:
         f"(equivalence test, TOST; margin of suite '{table.suite}'{provisional}); below / above = the 95% interval "
         "excludes 0 on that side.",
         "Otherwise inconclusive (n ≥ k): k seeds would detect d with 80% power (never: not even infinitely many, "
-        f"|d| ≤ 2.8·s/√m); too few seeds: n < 2; {NOT_APPLICABLE}: Teacher rows and § cells. " + chance,
+        f"|d| ≤ 2.8·s/√m); too few seeds: n < 2; {NOT_APPLICABLE}: Teacher rows and cells whose "
+        "teacher is not the published one. " + chance,
     ]
 
 

@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from benchmark.records import CLASSIFICATION, Metric
+
 def community_layout(name: str) -> tuple[str, ...]:
     """RepDistiller / mdistiller ``cifar_teachers.tar``: ``<name>_vanilla/ckpt_epoch_240.pth``."""
     return (f"{name}_vanilla/ckpt_epoch_240.pth",)
@@ -125,6 +127,33 @@ class Suite:
     teachers_in_torch_hub: bool = False
     # Without a teacher file, train the teacher (CIFAR); else only with --train-teachers (ImageNet).
     trains_missing_teachers: bool = True
+    # What every validation records; the first metric picks the best epoch (top-1 / top-5 by default).
+    metrics: tuple[Metric, ...] = CLASSIFICATION
+    # The tables: metrics shown per pair (empty: the one top-1 table), their title and footnotes.
+    table_metrics: tuple[str, ...] = ()
+    metric_title: str = ""
+    table_notes: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ hooks with defaults
+
+    def build_config(self, spec: Any, num_data: int | None, check_files: bool = True) -> Any:
+        """The suite's part of a run's MMEngine config, or None for the standard classification
+        config (``benchmark/configs/_base_``); the runner applies the run-level overlay after it."""
+        return None
+
+    def export_student(self, model: Any, path: Any, record: Any) -> Any:
+        """Write the trained student in the suite's own format and return the path, or None for the
+        community format (``{'model': state_dict}``) that the runner writes."""
+        return None
+
+    def evaluate_teacher(self, name: str, checkpoint: Any, data_root: str | None, device: str,
+                         num_workers: int | None = None) -> dict[str, float | None] | None:
+        """A teacher file's metrics by record name, or None for the standard top-1 evaluation."""
+        return None
+
+    def stack_versions(self) -> dict[str, str]:
+        """Versions of the suite's own software stack, recorded in every run's ``env``."""
+        return {}
 
     def pair(self, name: str) -> Pair:
         for pair in self.pairs:
