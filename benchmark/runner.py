@@ -80,21 +80,7 @@ class RunSpec:
 
 def _contrast_k(method_cfg: dict[str, Any]) -> int | None:
     """Negatives per sample the data side must draw for this method (CRD), else None."""
-    method_cls = METHODS.get(method_cfg["type"])
-    if not method_cls.needs_index:
-        return None
-    probe = {k: v for k, v in method_cfg.items() if k != "type"}
-    return int(probe.get("nce_k", _default_arg(method_cls, "nce_k")))
-
-
-def _default_arg(cls: type, name: str) -> Any:
-    import inspect
-
-    for klass in cls.__mro__:
-        params = inspect.signature(klass.__init__).parameters
-        if name in params and params[name].default is not inspect.Parameter.empty:
-            return params[name].default
-    raise KeyError(f"{cls.__name__} has no default for {name!r}")
+    return METHODS.get(method_cfg["type"]).negatives_per_sample(method_cfg)
 
 
 def _schedule_config(spec: RunSpec) -> dict[str, Any]:

@@ -46,6 +46,20 @@ class Distiller(nn.Module):
     needs_index: ClassVar[bool] = False
     contrast_k: int | None = None  # negatives per sample the data side must draw (CRD), else None
 
+    # Facts the tables, the detection suite and the benchmarks read from the registry.
+    display_name: ClassVar[str] = ""  # how tables name the method ("" = its registry name)
+    table_order: ClassVar[int] = 1000  # rows sort by it (the Teacher row always comes first)
+    # On two-stage detectors: "roi_logits" (the loss on the RoI classification logits of the
+    # student's sampled RoIs), "fpn_features" (hints on the FPN outputs), "student_only" (no
+    # teacher), or "undefined" (``detection_note`` says why).
+    detection: ClassVar[str] = "undefined"
+    detection_note: ClassVar[str] = "has no detection form in this suite"
+
+    @classmethod
+    def negatives_per_sample(cls, config: Mapping[str, object]) -> int | None:
+        """Negatives per sample the data side must draw for a run of this config (CRD's K), else None."""
+        return None
+
     def __init__(self, context: DistillContext | None = None) -> None:
         super().__init__()
         self.context = context

@@ -11,6 +11,8 @@ from .registry import METHODS
 class CrossEntropy(Distiller):
     """``L = w_ce · CE(z_s, y)``; no teacher is run."""
 
+    display_name, table_order, detection = "Student", 1, "student_only"
+
     needs_teacher = False
 
     def __init__(self, ce_weight: float = 1.0, **kwargs) -> None:

@@ -47,6 +47,8 @@ class CKD(Distiller):
     The paper recipe tunes batch size, learning rate, CL weight and τ per pair.
     """
 
+    display_name, table_order, detection = "CKD", 60, "roi_logits"
+
     def __init__(self, temperature: float = 1.0, cl_weight: float = 10.0, ce_weight: float = 1.0, contrast: str = "global", **kwargs) -> None:
         super().__init__(**kwargs)
         if contrast not in ("global", "local"):

@@ -5,9 +5,10 @@ https://arxiv.org/abs/1910.10699 — reference: RepDistiller (``crd/memory.py``,
 """
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Mapping, get_args
 
 import torch
 from torch import Tensor, nn
@@ -307,6 +308,13 @@ class CRD(Distiller):
     CIFAR-sized banks, the reference's row gather on ImageNet-sized ones).
     """
 
+    display_name, table_order = "CRD", 30
+    detection_note = "is not defined for detection in any reference (it needs a memory bank of per-image embeddings)"
+
+    @classmethod
+    def negatives_per_sample(cls, config: Mapping[str, object]) -> int | None:
+        return int(config.get("nce_k", inspect.signature(CRD.__init__).parameters["nce_k"].default))
+
     feature_taps = ("embedding",)
     needs_index = True
 
@@ -349,6 +357,8 @@ class CRD(Distiller):
 @METHODS.register_module(name="crd_kd")
 class CRDKD(CRD):
     """CRD + KD, as in the CRD paper's "CRD+KD" rows: CE 1, KD 1 (T = 4), CRD 0.8."""
+
+    display_name, table_order = "CRD+KD", 40
 
     def __init__(self, kd_weight: float = 1.0, temperature: float = 4.0, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -81,6 +81,8 @@ class DKD(Distiller):
     warm-up 20 epochs. The DKD paper tunes beta per pair (the ``paper`` recipe sets it).
     """
 
+    display_name, table_order, detection = "DKD", 50, "roi_logits"
+
     def __init__(
         self,
         alpha: float = 1.0,

@@ -56,6 +56,8 @@ class FitNet(Distiller):
     CE weight 1, single-stage training.
     """
 
+    display_name, table_order, detection = "FitNet", 20, "fpn_features"
+
     feature_taps = ("hint",)
 
     def __init__(self, hint_weight: float = 100.0, ce_weight: float = 1.0, **kwargs) -> None:

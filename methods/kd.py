@@ -32,6 +32,8 @@ class KD(Distiller):
     ``KD_WEIGHT 0.9``).
     """
 
+    display_name, table_order, detection = "KD", 10, "roi_logits"
+
     def __init__(self, temperature: float = 4.0, ce_weight: float = 0.1, kd_weight: float = 0.9, **kwargs) -> None:
         super().__init__(**kwargs)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight

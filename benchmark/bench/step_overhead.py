@@ -48,7 +48,9 @@ from methods import METHODS, DistillContext, Distiller, StepInputs, build_method
 
 from .timing import adaptive_ms, add_device_arguments, apply_device_arguments, env_info, median, synchronize, write_json_and_markdown
 
-DEFAULT_METHODS = ("kd", "fitnet", "crd", "crd_kd", "dkd", "ckd")
+# Every registered method that runs a teacher, in table order (the registry's facts).
+DEFAULT_METHODS = tuple(sorted((name for name in METHODS.module_dict if METHODS.get(name).needs_teacher),
+                               key=lambda name: METHODS.get(name).table_order))
 TARGET_RATIO = 1.05
 PHASES = ("teacher_ms", "student_ms", "loss_ms", "backward_ms", "optimizer_ms")
 

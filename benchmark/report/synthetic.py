@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.records import STUDENT_ROW, TEACHER_ROW, EpochPoint, RunRecord, write_record
+from methods import METHODS
 
 ENV = {"python": "3.11.9", "torch": "2.13.0", "mmengine": "0.10.7", "torchvision": "0.28.0",
        "git_commit": "0123456789ab", "device": "cpu", "world_size": 1}
@@ -76,9 +77,11 @@ def write_synthetic_sweep(root: Path, n_records: int = 1000, epochs: int = 240, 
     (240: the CRD schedule), so the files have the size of real records.
     """
     rng = random.Random(seed)
-    methods = [TEACHER_ROW, STUDENT_ROW, "kd", "fitnet", "crd", "crd_kd", "dkd", "ckd"]
+    # Every registered method in table order; made-up mean accuracies (71.0 for a method not listed).
+    methods = [TEACHER_ROW] + sorted(METHODS.module_dict, key=lambda name: (METHODS.get(name).table_order, name))
     base = {TEACHER_ROW: 75.0, STUDENT_ROW: 70.0, "kd": 71.0, "fitnet": 70.5, "crd": 71.8, "crd_kd": 72.0,
             "dkd": 72.3, "ckd": 72.2}
+    base = {name: base.get(name, 71.0) for name in methods}
     pairs = [("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
              ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
     suites = ["cifar100", "synthetic"]

@@ -29,6 +29,7 @@ from scipy.stats import ttest_ind
 
 from benchmark.atomic import write_text
 from benchmark.records import STUDENT_ROW, TEACHER_ROW
+from methods import METHODS
 
 from . import verdict as verdicts
 from .load import COMMUNITY, TRAINED
@@ -36,9 +37,9 @@ from .published import Published, PublishedTable
 
 Pair = tuple[str, str]  # (teacher, student)
 
-METHOD_ORDER = (TEACHER_ROW, STUDENT_ROW, "kd", "fitnet", "crd", "crd_kd", "dkd", "ckd")
-DISPLAY = {TEACHER_ROW: "Teacher", STUDENT_ROW: "Student", "kd": "KD", "fitnet": "FitNet", "crd": "CRD",
-           "crd_kd": "CRD+KD", "dkd": "DKD", "ckd": "CKD"}
+# Row order and names come from the method registry (each method's ``table_order`` and ``display_name``).
+METHOD_ORDER = (TEACHER_ROW,) + tuple(sorted(METHODS.module_dict, key=lambda name: (METHODS.get(name).table_order, name)))
+DISPLAY = {TEACHER_ROW: "Teacher", **{name: METHODS.get(name).display_name or name for name in METHODS.module_dict}}
 STATISTICS = {"last": ("last_top1", "last epoch"), "best": ("best_top1", "best epoch")}
 ALPHA = 0.05
 DEFAULT_RECIPE = "unified"
