@@ -165,8 +165,8 @@ class RunJob(Checkpointable):
         self.cwd = cwd
 
     def __call__(self, argv: list[str], run_dir: str) -> int:
-        from benchmark.claims import holder_of
-        from benchmark.records import read_record
+        from benchmark.store.claims import holder_of
+        from benchmark.store.records import read_record
         from benchmark.sweep import EXIT_HELD as HELD
         from benchmark.sweep import plan_sweep, run_single
 
@@ -235,8 +235,8 @@ class TeacherJob(Checkpointable):
 
 def ensure_teacher(stage, name: str, say: Callable[[str], object]):
     """``stage.ensure(name)``, waiting while another process holds the teacher (then it is done, or ours)."""
-    from benchmark.checkpoints import CheckpointError
-    from benchmark.claims import ClaimHeld
+    from benchmark.store.checkpoints import CheckpointError
+    from benchmark.store.claims import ClaimHeld
     from benchmark.data import DatasetNotFoundError
 
     announced = False
@@ -286,7 +286,7 @@ def read_marker(run_dir: str | os.PathLike) -> Marker | None:
 
 
 def write_marker(run_dir: str | os.PathLike, cluster: str, job_id: str, log: str | None, role: str = "run") -> Marker:
-    from benchmark.atomic import write_text
+    from benchmark.store.atomic import write_text
 
     old = read_marker(run_dir)
     previous = ([{"cluster": old.cluster, "job_id": old.job_id, "time": old.time}] + old.previous)[:10] if old else []
@@ -480,8 +480,8 @@ def assess(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerView) ->
 
 
 def _assess_once(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerView) -> Assessment:
-    from benchmark.claims import holder_of
-    from benchmark.records import RecordError, read_record
+    from benchmark.store.claims import holder_of
+    from benchmark.store.records import RecordError, read_record
     from benchmark.sweep import format_duration
 
     record = None

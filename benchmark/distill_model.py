@@ -16,7 +16,7 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 import benchmark.data  # noqa: F401  (registers the datasets and DistillDataPreprocessor)
-from benchmark.checkpoints import load_community_checkpoint
+from benchmark.store.checkpoints import load_community_checkpoint
 from benchmark.models import build_model, feature_taps
 from benchmark.models.taps import FeatureRecorder
 from methods import METHODS, DistillContext, StepInputs, build_method

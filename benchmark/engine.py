@@ -27,7 +27,7 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import FUNCTIONS, HOOKS, METRICS, OPTIM_WRAPPERS
 
 from benchmark import faults
-from benchmark.records import CLASSIFICATION, CLASSIFICATION_METRICS, EpochPoint, Metric, RunRecord, metric_label
+from benchmark.store.records import CLASSIFICATION, CLASSIFICATION_METRICS, EpochPoint, Metric, RunRecord, metric_label
 from methods import distributed
 
 

@@ -40,7 +40,7 @@ def _rank_main(local_rank: int, world_size: int, port: int, spec, num_data: int,
     import logging
     import warnings
 
-    from benchmark.records import RunRecord
+    from benchmark.store.records import RunRecord
     from benchmark.runner import build_config, train
 
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),

@@ -30,16 +30,16 @@ import benchmark.distill_model  # noqa: F401  (registers DistillationModel)
 import benchmark.engine  # noqa: F401  (registers the metric and hooks)
 import benchmark.launch  # noqa: F401  (registers the DDP wrapper)
 from benchmark import faults
-from benchmark.atomic import atomic_path
-from benchmark.atomic import write_text as atomic_write_text
-from benchmark.checkpoints import (
+from benchmark.store.atomic import atomic_path
+from benchmark.store.atomic import write_text as atomic_write_text
+from benchmark.store.checkpoints import (
     allow_mmengine_checkpoint_globals,
     epoch_checkpoints,
     newest_loadable_checkpoint,
     save_community_checkpoint,
 )
 from benchmark.engine import NonFiniteLossError, RunRecordHook, StepTimingHook, peak_memory_mb, seed_data_worker
-from benchmark.records import CLASSIFICATION, RECORD_FILE, Metric, RunRecord, read_record, write_record
+from benchmark.store.records import CLASSIFICATION, RECORD_FILE, Metric, RunRecord, read_record, write_record
 from benchmark.suites import Pair, ResolvedRecipe, Suite
 from methods import METHODS
 

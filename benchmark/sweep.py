@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmark.claims import claim, holder_of
+from benchmark.store.claims import claim, holder_of
 from benchmark.errors import UsageError
-from benchmark.records import RecordError, RunRecord, read_record, write_record
+from benchmark.store.records import RecordError, RunRecord, read_record, write_record
 
 BASELINE = "ce"
 EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 1, 2, 3
@@ -195,7 +195,7 @@ def print_plan(suite, recipe: str, pairs, runs: list[PlannedRun], teacher_plan: 
 
 def check_writable_dir(path: str, option: str) -> None:
     """Create ``path`` if needed and prove a file can be written there; else one-line UsageError."""
-    from benchmark.atomic import write_text
+    from benchmark.store.atomic import write_text
 
     target = Path(path)
     try:
@@ -280,8 +280,8 @@ def preflight(sweep: Sweep) -> None:
 
 def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
     """Size of the training split, the teachers ready for use, and those another sweep holds."""
-    from benchmark.checkpoints import CheckpointError
-    from benchmark.claims import ClaimHeld
+    from benchmark.store.checkpoints import CheckpointError
+    from benchmark.store.claims import ClaimHeld
     from benchmark.data import DatasetNotFoundError
 
     teachers, held_teachers = {}, {}
@@ -302,8 +302,8 @@ def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
 def execute_claimed(run: PlannedRun, prefix: str, sweep: Sweep, teachers: dict, held_teachers: dict, num_data: int,
                     progress: "Progress", outcome: SweepOutcome) -> None:
     """One run under its claim; every executor (in-process, local processes, Slurm) comes through here."""
-    from benchmark.checkpoints import CheckpointError
-    from benchmark.claims import ClaimHeld
+    from benchmark.store.checkpoints import CheckpointError
+    from benchmark.store.claims import ClaimHeld
     from benchmark.data import DatasetNotFoundError
 
     if run.method != BASELINE and run.pair.teacher in held_teachers:
@@ -415,7 +415,7 @@ def print_configs(sweep: Sweep) -> None:
 
 def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, num_data: int, progress: "Progress", outcome: SweepOutcome) -> None:
     """One planned run, under its claim: skip, resume or start it, and record the outcome."""
-    from benchmark.checkpoints import CheckpointError
+    from benchmark.store.checkpoints import CheckpointError
     from benchmark.data import DatasetNotFoundError
     from benchmark.runner import execute, new_record
 

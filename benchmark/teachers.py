@@ -20,10 +20,10 @@ from mmengine.dataset import default_collate
 from mmengine.registry import DATASETS, MODELS
 from torch.utils.data import DataLoader
 
-from benchmark.claims import ClaimHeld, claim
-from benchmark.checkpoints import CheckpointError, load_community_checkpoint, sha256_of
+from benchmark.store.claims import ClaimHeld, claim
+from benchmark.store.checkpoints import CheckpointError, load_community_checkpoint, sha256_of
 from benchmark.models import build_model
-from benchmark.records import TEACHER_ROW, RecordError, read_record, write_record
+from benchmark.store.records import TEACHER_ROW, RecordError, read_record, write_record
 from benchmark.errors import UsageError
 from benchmark.suites import Pair, Suite, variant_name
 

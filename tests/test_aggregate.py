@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from benchmark.aggregate import AggregateSummary, aggregate, main
-from benchmark.records import SCHEMA_VERSION, write_record
+from benchmark.store.records import SCHEMA_VERSION, write_record
 from benchmark.report import synthetic
 from benchmark.report.published import load_published
 from benchmark.report.synthetic import make_record
@@ -555,7 +555,7 @@ COCO_NAMES = ["mAP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 def coco_record(pair, method: str, seed: int, last: float, epochs: int = 3):
-    from benchmark.records import EpochPoint, RunRecord
+    from benchmark.store.records import EpochPoint, RunRecord
 
     teacher_file, teacher_ap = COCO_TEACHERS[pair[0]]
     distilled = method != "ce"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import claims
-from benchmark.claims import ClaimHeld, claim, holder_of
+from benchmark.store import claims
+from benchmark.store.claims import ClaimHeld, claim, holder_of
 
 REPO = Path(__file__).resolve().parent.parent
 quiet = dict(say=lambda _line: None)
@@ -37,7 +37,7 @@ def test_a_claimed_directory_is_refused_naming_the_holder_and_free_again_after(m
 def _hold_in_child(run_dir: Path, mechanism: str) -> subprocess.Popen:
     code = (
         "import sys, time\n"
-        "from benchmark.claims import claim\n"
+        "from benchmark.store.claims import claim\n"
         f"with claim({str(run_dir)!r}, say=lambda _l: None):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.records import EpochPoint, RunRecord, read_record, write_record
+from benchmark.store.records import EpochPoint, RunRecord, read_record, write_record
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_PY = str(REPO / "benchmark" / "run.py")
@@ -90,7 +90,7 @@ def test_two_concurrent_submissions_execute_every_run_exactly_once(swept):
 
 
 def test_a_job_finding_its_run_held_exits_3_and_one_finding_it_completed_does_nothing(swept, capsys, monkeypatch):
-    from benchmark.claims import claim
+    from benchmark.store.claims import claim
     from benchmark.cluster import RunJob, job_argv
     from benchmark.run import parse_args
 
@@ -287,7 +287,7 @@ def test_slurm_options_are_checked_before_anything_is_submitted(fake_slurm, tmp_
 
 
 def test_status_from_the_run_directories_alone_with_no_scheduler(tmp_path, capsys, monkeypatch):
-    from benchmark.claims import claim
+    from benchmark.store.claims import claim
     from benchmark.run import parse_args
     from benchmark.sweep import plan_sweep
 

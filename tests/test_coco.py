@@ -19,7 +19,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 
 from benchmark.detection import detection_stack_problem
-from benchmark.records import RecordError, RunRecord, read_record
+from benchmark.store.records import RecordError, RunRecord, read_record
 from benchmark.suites import Pair, ResolvedRecipe, get_suite
 from tests.datagen_coco import write_tiny_coco
 
@@ -92,7 +92,7 @@ def test_recipes():
 
 def test_detection_records_and_the_old_schema():
     """Schema 2 holds the suite's metrics; a schema-1 (top-1 only) record still reads."""
-    from benchmark.records import EpochPoint
+    from benchmark.store.records import EpochPoint
 
     record = RunRecord(suite="coco", pair="a-b", teacher="a", student="b", method="kd", recipe="unified",
                        recipe_hash="x", seed=0, epochs=2, batch_size=16, lr=0.02,
@@ -312,7 +312,7 @@ def test_resume_leaves_the_record_of_an_uninterrupted_run(tiny, tmp_path):
 
 @needs_mmdet
 def test_student_alone_and_a_missing_teacher(tiny, tmp_path):
-    from benchmark.checkpoints import CheckpointError
+    from benchmark.store.checkpoints import CheckpointError
     from benchmark.runner import build_config, execute, new_record
 
     torch.set_num_threads(1)
@@ -417,7 +417,7 @@ def test_mobilenetv2_reads_torchvision_weights(tiny):
 def test_coco_tables_from_detection_records(tmp_path):
     """AP / AP50 / AP75 per pair and method, mean ± std over seeds, the same marks; no Δ."""
     from benchmark.aggregate import aggregate
-    from benchmark.records import EpochPoint, write_record
+    from benchmark.store.records import EpochPoint, write_record
 
     work = tmp_path / "work"
     values = {"ce": [30.0, 30.4], "kd": [31.0, 31.2], "dkd": [32.0, 32.3]}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mmengine.hooks import Hook
 
-from benchmark.records import read_record
+from benchmark.store.records import read_record
 from tests.test_coco import tiny, tiny_spec  # noqa: F401  (the module-scoped fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")

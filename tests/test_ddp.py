@@ -193,10 +193,10 @@ def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProces
 
 def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_path):
     from benchmark.models import build_model
-    from benchmark.checkpoints import load_community_checkpoint
+    from benchmark.store.checkpoints import load_community_checkpoint
     from benchmark.suites import get_suite
     from benchmark.teachers import evaluate_top1
-    from benchmark.records import read_record
+    from benchmark.store.records import read_record
 
     out = cli("--suite", "digits", "--methods", "crd,ckd", "--seeds", "1", "--epochs", "1", "--nproc", "2",
               "--no-baseline", "--no-aggregate", "--work-dir", str(tmp_path))
@@ -215,7 +215,7 @@ def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_pat
 
 
 def test_nan_on_one_rank_fails_the_run_without_hanging(tmp_path):
-    from benchmark.records import read_record
+    from benchmark.store.records import read_record
 
     out = cli("--suite", "digits", "--methods", "kd", "--seeds", "1", "--epochs", "2", "--nproc", "2", "--no-baseline",
               "--no-aggregate", "--work-dir", str(tmp_path), env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2"})

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.models import build_model
-from benchmark.records import read_record
+from benchmark.store.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_PY = str(REPO / "benchmark" / "run.py")
@@ -149,7 +149,7 @@ def test_two_sweeps_at_once_run_everything_exactly_once(tmp_path):
 
 
 def test_a_run_held_by_another_process_is_skipped_with_its_holder_named(teachers, tmp_path):
-    from benchmark.claims import claim
+    from benchmark.store.claims import claim
 
     with claim(run_dir(tmp_path, "kd"), say=lambda _l: None):
         out = cli(*BASE, "--methods", "kd", "--teachers", str(teachers), "--work-dir", str(tmp_path))

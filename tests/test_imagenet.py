@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.datasets import ImageFolder
 
 import methods
-from benchmark.checkpoints import save_community_checkpoint
+from benchmark.store.checkpoints import save_community_checkpoint
 from benchmark.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,7 +34,7 @@ from benchmark.data import (
 )
 from benchmark.data.imagenet import train_image
 from benchmark.models import FeatureRecorder, build_model, feature_taps
-from benchmark.records import read_record
+from benchmark.store.records import read_record
 from benchmark.report.load import load_records
 from benchmark.report.published import load_published
 from benchmark.report.synthetic import make_record, write
@@ -537,7 +537,7 @@ def _stage(tmp_path, **overrides):
 def test_torchvision_teacher_files_are_found_and_load_strictly(layout, tmp_path, monkeypatch):
     import torchvision
 
-    from benchmark.checkpoints import load_community_checkpoint
+    from benchmark.store.checkpoints import load_community_checkpoint
     from benchmark.models import build_model
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))

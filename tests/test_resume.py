@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from benchmark import faults
-from benchmark.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.models import build_model
-from benchmark.records import RecordError, RunRecord, read_record
+from benchmark.store.records import RecordError, RunRecord, read_record
 from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
 from benchmark.suites import Pair, get_suite
 

@@ -10,9 +10,9 @@ import torch
 from mmengine.hooks import Hook
 
 import methods
-from benchmark.checkpoints import CheckpointError, load_community_checkpoint, save_community_checkpoint
+from benchmark.store.checkpoints import CheckpointError, load_community_checkpoint, save_community_checkpoint
 from benchmark.models import build_model
-from benchmark.records import read_record
+from benchmark.store.records import read_record
 from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
 from benchmark.suites import Pair, ResolvedRecipe, Schedule, get_suite
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from benchmark.aggregate import aggregate
-from benchmark.records import RunRecord
+from benchmark.store.records import RunRecord
 from benchmark.report import synthetic
 from benchmark.report.load import recorded_teacher_source
 from benchmark.report.synthetic import make_record

@@ -15,7 +15,7 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
-from benchmark.checkpoints import allow_mmengine_checkpoint_globals
+from benchmark.store.checkpoints import allow_mmengine_checkpoint_globals
 from benchmark.engine import seed_data_worker
 from benchmark.runner import EpochSeeder
 

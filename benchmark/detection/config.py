@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmengine.config import Config
 
-from benchmark.checkpoints import CheckpointError
+from benchmark.store.checkpoints import CheckpointError
 from benchmark.errors import UsageError
 
 from . import detection_stack_problem

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mmengine.registry import DATASETS
 
-from benchmark.checkpoints import CheckpointError
+from benchmark.store.checkpoints import CheckpointError
 from benchmark.data.errors import DatasetNotFoundError
 
 SPLITS = {

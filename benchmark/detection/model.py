@@ -36,7 +36,7 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from benchmark.checkpoints import CheckpointError, load_tensors_only
+from benchmark.store.checkpoints import CheckpointError, load_tensors_only
 from methods import METHODS, StepInputs, build_method
 from methods.fitnet import fitnet_loss
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.atomic import write_text
+from benchmark.store.atomic import write_text
 
 Block = tuple[Any, ...]
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from benchmark.records import RECORD_FILE, TEACHER_ROW, RecordError, read_record
+from benchmark.store.records import RECORD_FILE, TEACHER_ROW, RecordError, read_record
 
 log = logging.getLogger("benchmark.aggregate")
 

@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from benchmark.atomic import atomic_path
-from benchmark.records import STUDENT_ROW, TEACHER_ROW
+from benchmark.store.atomic import atomic_path
+from benchmark.store.records import STUDENT_ROW, TEACHER_ROW
 
 from .load import RUNTIME_KEYS
 from .tables import ARROW, METHOD_ORDER, Pair, SuiteTable, display_name, method_sort_key, safe_name

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.records import STUDENT_ROW, TEACHER_ROW
+from benchmark.store.records import STUDENT_ROW, TEACHER_ROW
 
 PUBLISHED_CSV = Path(__file__).resolve().parent.parent / "published_numbers.csv"
 _METHOD_MAP = {"student": STUDENT_ROW, "teacher": TEACHER_ROW}

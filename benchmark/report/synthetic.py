@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from benchmark.records import STUDENT_ROW, TEACHER_ROW, EpochPoint, RunRecord, write_record
+from benchmark.store.records import STUDENT_ROW, TEACHER_ROW, EpochPoint, RunRecord, write_record
 from methods import METHODS
 
 ENV = {"python": "3.11.9", "torch": "2.13.0", "mmengine": "0.10.7", "torchvision": "0.28.0",

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ttest_ind
 
-from benchmark.atomic import write_text
-from benchmark.records import STUDENT_ROW, TEACHER_ROW
+from benchmark.store.atomic import write_text
+from benchmark.store.records import STUDENT_ROW, TEACHER_ROW
 from methods import METHODS
 
 from . import verdict as verdicts

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from benchmark.records import TEACHER_ROW
+from benchmark.store.records import TEACHER_ROW
 
 if TYPE_CHECKING:  # tables.py imports this module: no runtime import back
     from .tables import Cell, Pair, Row, SuiteTable

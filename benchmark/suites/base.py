@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from benchmark.records import CLASSIFICATION, Metric
+from benchmark.store.records import CLASSIFICATION, Metric
 
 def community_layout(name: str) -> tuple[str, ...]:
     """RepDistiller / mdistiller ``cifar_teachers.tar``: ``<name>_vanilla/ckpt_epoch_240.pth``."""

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import UsageError
-from benchmark.records import Metric
+from benchmark.store.records import Metric
 
 from . import register_suite
 from .base import Pair, ResolvedRecipe, Schedule, Suite
@@ -186,7 +186,7 @@ class DetectionSuite(Suite):
         """The trained student as an MMDetection checkpoint (``{'state_dict', 'meta'}``), atomically."""
         import torch
 
-        from benchmark.atomic import atomic_path
+        from benchmark.store.atomic import atomic_path
 
         meta = {"epoch": record.epochs, "suite": self.name, "network": record.student,
                 "metrics": {name: record.last_value(name) for name in record.metric_names}}

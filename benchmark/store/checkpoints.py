@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from benchmark.atomic import atomic_path
+from benchmark.store.atomic import atomic_path
 
 
 class CheckpointError(RuntimeError):

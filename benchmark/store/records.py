@@ -263,7 +263,7 @@ class RunRecord:
 
 def write_record(record: RunRecord, run_dir: str | os.PathLike) -> Path:
     """Write ``record.json`` atomically into ``run_dir``; returns its path."""
-    from benchmark.atomic import write_text
+    from benchmark.store.atomic import write_text
 
     text = json.dumps(record.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n"
     return write_text(Path(run_dir) / RECORD_FILE, text)
