@@ -58,7 +58,8 @@ def grouped_ckd_loss(logits_student: Tensor, logits_teacher: Tensor, group_sizes
     if sum(group_sizes) != logits_student.shape[0]:
         raise ValueError(f"contrast groups of {sum(group_sizes)} rows for {logits_student.shape[0]} rows")
     pairs = zip(torch.split(logits_student, list(group_sizes)), torch.split(logits_teacher, list(group_sizes)))
-    return torch.stack([ckd_loss(s, t, temperature) for s, t in pairs]).mean()
+    # An empty group (an image without RoIs) has no InfoNCE; it would be NaN, so it does not count.
+    return torch.stack([ckd_loss(s, t, temperature) for s, t in pairs if s.shape[0]]).mean()
 
 
 @METHODS.register_module(name="ckd")

@@ -49,7 +49,8 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "3 pair(s) x 5 method(s) x 3 seed(s) = 45 run(s)" in out.stdout
     for text in ("frcnn_r101-frcnn_r18 dkd seed0", "frcnn_r101-frcnn_r50 ckd", "frcnn_r50-frcnn_mobilenetv2 fitnet",
-                 "12 ep, bs 16, lr 0.02", "alpha 1, beta 0.25, temperature 1, warmup 1", "cl_weight 0.1, contrast_rois None"):
+                 "12 ep, bs 16, lr 0.02", "alpha 1, beta 0.25, temperature 1, warmup 1",
+                 "cl_weight 0.1, contrast_rois None"):
         assert text in out.stdout, text
     paper = run_cli("--suite", "coco", "--methods", "dkd,ckd", "--recipe", "paper", "--dry-run", "--seeds", "1",
                     "--work-dir", str(tmp_path))
@@ -123,6 +124,7 @@ def test_grouped_ckd_loss_is_the_mean_of_per_group_losses():
     method = build_method({"type": "ckd", "temperature": 0.5, "cl_weight": 0.1, "ce_weight": 0.0})
     terms = method(StepInputs(student, torch.zeros(10, dtype=torch.long), teacher, groups=groups))
     assert torch.equal(terms["loss_ckd"], 0.1 * expected)
+    assert torch.equal(grouped_ckd_loss(student, teacher, (4, 0, 4, 2), temperature=0.5), grouped)  # empty: no group
     with pytest.raises(ValueError, match="contrast groups of 9 rows for 10 rows"):
         grouped_ckd_loss(student, teacher, (4, 5))
 
@@ -308,7 +310,8 @@ def test_distillation_trains_through_the_runner(method, tiny, tmp_path):
     else:
         assert probe.teacher_rois == []  # FitNet needs the teacher's FPN only
     # CKD's contrast groups: the RoIs of each whole image; the other methods see one group of all RoIs.
-    assert probe.groups == ([(ROIS_PER_IMAGE,) * BATCH] * 2 if method == "ckd" else [None] * 2 if method != "fitnet" else [])
+    expected_groups = {"ckd": [(ROIS_PER_IMAGE,) * BATCH] * 2, "fitnet": []}.get(method, [None] * 2)
+    assert probe.groups == expected_groups
     # Every distillation term is logged beside MMDetection's own losses.
     scalars = next((tmp_path / method / "mmengine").glob("*/vis_data/scalars.json")).read_text()
     for term in MMDET_LOSSES + (TERMS[method],):
@@ -448,11 +451,12 @@ def test_contrast_groups_are_whole_images(tiny, tmp_path):
     image_of_roi = torch.tensor([0] * 32 + [1] * 30 + [2] * 32 + [3] * 32 + [4] * 32, dtype=torch.float32)
     rois = torch.cat([image_of_roi[:, None], torch.rand(len(image_of_roi), 4)], dim=1)
     assert model.contrast_groups(rois, 5) == (62, 64, 32)
-    assert MODELS.build(build_config(tiny_spec(tiny, "ckd", tmp_path), 4).model).contrast_groups(rois, 5) is None
-    with pytest.raises(ValueError, match="not a positive multiple of the 32 RoIs sampled per image"):
-        MODELS.build(build_config(tiny_spec(tiny, "ckd", tmp_path, contrast_rois=48), 4).model)
-    with pytest.raises(ValueError, match="contrast_rois is a setting of CKD"):
-        MODELS.build(build_config(tiny_spec(tiny, "dkd", tmp_path, contrast_rois=64), 4).model)
+    model.contrast_images = None  # contrast_rois None: one contrast over all RoIs
+    assert model.contrast_groups(rois, 5) is None
+    for distill, message in (({**cfg.model.distill, "contrast_rois": 48}, "not a positive multiple of the 32 RoIs sampled"),
+                             ({"type": "dkd", "contrast_rois": 64}, "contrast_rois is a setting of CKD")):
+        with pytest.raises(ValueError, match=message):  # refused before the teacher is built
+            MODELS.build({**cfg.model, "distill": distill})
 
 
 @needs_mmdet

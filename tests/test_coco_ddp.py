@@ -4,7 +4,7 @@ Detection ranks sample their own RoIs, so their counts may differ: CKD's ``globa
 the row counts first, pads, gathers with the gradient and trims (``methods.distributed``). The unit
 test checks that 2 processes with 5 and 3 rows give what one process gives over the 8 rows. The
 training test runs the real runner (``benchmark.runner.execute`` → ``benchmark.launch``) on the tiny
-COCO of ``tests/test_coco.py`` (1 image per process, 2 iterations per epoch), interrupted after its
+COCO of ``tests/test_coco.py`` (2 images per process, 1 iteration per epoch), interrupted after its
 first epoch's checkpoint and resumed.
 """
 from __future__ import annotations
@@ -104,7 +104,8 @@ def test_coco_trains_on_two_processes_and_resumes(tiny, tmp_path, monkeypatch): 
     from benchmark.runner import execute, new_record
 
     spec = tiny_spec(tiny, "ckd", tmp_path / "run", epochs=2, contrast="global")
-    spec.world_size = 2
+    # 4 images per batch, 2 per process: one iteration per epoch (each launch costs the ranks' imports).
+    spec.recipe.schedule.batch_size, spec.world_size = 4, 2
     monkeypatch.setenv("KD_FAULT", "after_checkpoint INT epoch=1")  # inherited by the spawned ranks
     first = execute(spec, 4, new_record(spec), resume=False, say=lambda _line: None)
     assert first.status == "running" and first.curve == []  # interrupted before epoch 1's validation
@@ -114,9 +115,9 @@ def test_coco_trains_on_two_processes_and_resumes(tiny, tmp_path, monkeypatch): 
     record = execute(spec, 4, first, resume=True, say=lambda _line: None)
     assert record.status == "completed", record.failure
     assert record.extra["attempts"] == 2 and read_record(tmp_path / "run" / "record.json") == record
-    assert record.env["world_size"] == 2 and record.extra["per_process_batch"] == 1
+    assert record.env["world_size"] == 2 and record.extra["per_process_batch"] == 2
     assert record.extra["recipe"]["method"]["contrast"] == "global"
     assert [p.epoch for p in record.curve] == [1, 2] and all(math.isfinite(p.loss) for p in record.curve)
     assert all(p.metrics["mAP"] is not None and 0.0 <= p.metrics["mAP"] <= 100.0 for p in record.curve)
-    scalars = next((tmp_path / "run" / "mmengine").glob("*/vis_data/scalars.json")).read_text()
+    scalars = sorted((tmp_path / "run" / "mmengine").glob("*/vis_data/scalars.json"))[-1].read_text()  # the resumed
     assert '"loss_ckd"' in scalars and '"coco/bbox_mAP"' in scalars

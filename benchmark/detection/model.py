@@ -250,6 +250,8 @@ class DistillationDetector(BaseModel):
         if self.method_name not in ROI_LOGIT_METHODS + FEATURE_METHODS + NO_TEACHER_METHODS:
             raise ValueError(f"method {self.method_name!r} has no detection form here "
                              f"(detection: {', '.join(ROI_LOGIT_METHODS + FEATURE_METHODS)})")
+        # CKD's contrast size: consecutive whole images of this many RoIs in all (None: all RoIs of the process).
+        self.contrast_images = self._contrast_images(distill.pop("contrast_rois", None))
 
         self.teacher: nn.Module | None = None
         if self.method_name not in NO_TEACHER_METHODS:
@@ -268,8 +270,6 @@ class DistillationDetector(BaseModel):
         self.hint_regressors: nn.ModuleList | None = None
         self.hint_weight = 0.0
         self._student_fpn: tuple[Tensor, ...] | None = None
-        # CKD's contrast size: consecutive whole images of this many RoIs in all (None: all RoIs of the process).
-        self.contrast_images = self._contrast_images(distill.pop("contrast_rois", None))
         if self.method_name in ROI_LOGIT_METHODS:
             # The registry's method on the RoI logits; its CE term is MMDetection's loss_cls already.
             self.method = build_method({**distill, "ce_weight": 0.0})
