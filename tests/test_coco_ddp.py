@@ -10,8 +10,10 @@ first epoch's checkpoint and resumed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -65,7 +67,8 @@ def test_unequal_rows_gathered_with_gradient_give_the_one_process_ckd_loss(tmp_p
     margin and still fails on any lost cross-rank term (O(1e-2) here) or a wrong positive offset."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(_gather_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    # Forked: nothing to import again (the ranks only need torch and methods).
+    mp.start_processes(_gather_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     student, teacher = gather_data()
     loss, grad = ckd_step(student, teacher)  # one process, all rows
@@ -100,12 +103,23 @@ def test_nproc_puts_the_ckd_contrast_into_the_coco_recipe():
 @needs_mmdet
 def test_coco_trains_on_two_processes_and_resumes(tiny, tmp_path, monkeypatch):  # noqa: F811
     """CKD with the global contrast under DDP: interrupted (Ctrl-C on every rank) after epoch 1's checkpoint,
-    then resumed to the end; finite losses, CocoMetric's AP every epoch, world size 2 in the record."""
+    then resumed to the end; finite losses, CocoMetric's AP every epoch, world size 2 in the record.
+
+    The ranks are forked, not spawned as ``benchmark.launch`` does: a spawned rank re-imports MMDetection
+    (~12 s a launch on 2 cores). What spawning needs of the run (it pickles) is checked here instead, and
+    the spawned launch itself by tests/test_ddp.py's CLI runs."""
+    import torch.multiprocessing
+
     from benchmark.runner import execute, new_record
 
     spec = tiny_spec(tiny, "ckd", tmp_path / "run", epochs=2, contrast="global")
-    # 4 images per batch, 2 per process: one iteration per epoch (each launch costs the ranks' imports).
+    # 4 images per batch, 2 per process: one iteration per epoch; one thread per rank on 2 cores.
     spec.recipe.schedule.batch_size, spec.world_size = 4, 2
+    spec.suite = dataclasses.replace(spec.suite, cpu_threads=1)
+    assert pickle.loads(pickle.dumps(spec)).recipe.method == spec.recipe.method  # what a spawned rank receives
+    start_processes = torch.multiprocessing.start_processes
+    monkeypatch.setattr(torch.multiprocessing, "start_processes",
+                        lambda *args, **kwargs: start_processes(*args, **{**kwargs, "start_method": "fork"}))
     monkeypatch.setenv("KD_FAULT", "after_checkpoint INT epoch=1")  # inherited by the spawned ranks
     first = execute(spec, 4, new_record(spec), resume=False, say=lambda _line: None)
     assert first.status == "running" and first.curve == []  # interrupted before epoch 1's validation
