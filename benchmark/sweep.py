@@ -104,7 +104,11 @@ def with_world_size(resolved, args: argparse.Namespace):
         raise UsageError(f"--nproc {nproc} does not divide the batch size {batch} (the recipe's batch is the global batch)")
     notes = (f"DDP over {nproc} processes, {batch // nproc} images each; lr unchanged",)
     method = dict(resolved.method)
-    if method["type"] == "ckd" and "contrast" not in resolved.method:  # a suite may fix it (COCO: the RoIs of the device)
+    if method["type"] == "ckd" and method.get("contrast_rois") is not None:
+        # Contrast groups of whole images on each process (COCO paper recipe): nothing to gather.
+        notes += (f"CKD contrast within groups of {method['contrast_rois']} RoIs of each process (--ckd-contrast "
+                  "does not apply)",)
+    elif method["type"] == "ckd" and "contrast" not in resolved.method:  # a suite may fix it
         method["contrast"] = args.ckd_contrast
         notes += ("CKD negatives from the global batch" if args.ckd_contrast == "global" else
                   "CKD negatives from each process's batch only (as DataParallel computed the official loss per replica)",)

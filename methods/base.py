@@ -36,6 +36,9 @@ class StepInputs:
     features_teacher: Mapping[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None  # dataset indices of the batch's samples
     contrast_index: Tensor | None = None  # B x (K+1) indices, column 0 = own index (CRD)
+    # Row counts of consecutive contrast groups of this process (detection: the RoIs of whole
+    # images, CKD's contrast_rois); None: one group of all rows.
+    groups: tuple[int, ...] | None = None
 
 
 class Distiller(nn.Module):

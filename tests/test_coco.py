@@ -49,11 +49,13 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "3 pair(s) x 5 method(s) x 3 seed(s) = 45 run(s)" in out.stdout
     for text in ("frcnn_r101-frcnn_r18 dkd seed0", "frcnn_r101-frcnn_r50 ckd", "frcnn_r50-frcnn_mobilenetv2 fitnet",
-                 "12 ep, bs 16, lr 0.02", "alpha 1, beta 0.25, temperature 1, warmup 1", "cl_weight 0.1, contrast local"):
+                 "12 ep, bs 16, lr 0.02", "alpha 1, beta 0.25, temperature 1, warmup 1",
+                 "cl_weight 0.1, contrast_rois None"):
         assert text in out.stdout, text
-    paper = run_cli("--suite", "coco", "--methods", "dkd", "--recipe", "paper", "--dry-run", "--seeds", "1",
+    paper = run_cli("--suite", "coco", "--methods", "dkd,ckd", "--recipe", "paper", "--dry-run", "--seeds", "1",
                     "--work-dir", str(tmp_path))
     assert paper.returncode == 0 and "12 ep, bs 8, lr 0.01" in paper.stdout, paper.stdout + paper.stderr
+    assert "cl_weight 0.1, contrast_rois 1024" in paper.stdout
 
 
 @pytest.mark.parametrize("method", ["crd", "crd_kd"])
@@ -88,6 +90,43 @@ def test_recipes():
     assert suite.resolve("paper", suite.pairs[0], "kd").adjusted(6, None).schedule.milestone_iters == (60_000, 80_000)
     assert set(METHODS) == {"ce", "kd", "dkd", "ckd", "fitnet"}
     assert suite.teacher_files("frcnn_r101") == ("frcnn_r101.pth", "faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth")
+
+
+def test_ckd_contrast_size_is_a_recipe_setting():
+    """unified: one contrast over all RoIs (None); paper: groups of 1,024 RoIs (2 images x 512 per GPU in the
+    references' runs); both recorded in the recipe (its hash) and said in its notes."""
+    suite = get_suite("coco")
+    unified = suite.resolve("unified", suite.pairs[2], "ckd")
+    paper = suite.resolve("paper", suite.pairs[2], "ckd")
+    assert unified.method == {"type": "ckd", "temperature": 1.0, "cl_weight": 0.1, "contrast_rois": None}
+    assert paper.method == {"type": "ckd", "temperature": 1.0, "cl_weight": 0.1, "contrast_rois": 1024}
+    assert paper.to_dict()["method"]["contrast_rois"] == 1024 and paper.hash != unified.hash
+    assert any("all sampled RoIs of the batch" in note for note in unified.notes)
+    assert any("groups of 1024 RoIs" in note and "2 whole images x 512" in note for note in paper.notes)
+    assert "contrast_rois" not in suite.resolve("paper", suite.pairs[2], "dkd").method  # a CKD setting only
+
+
+def test_grouped_ckd_loss_is_the_mean_of_per_group_losses():
+    """contrast_rois: InfoNCE within each group (its own negatives only), averaged over the groups."""
+    from methods import build_method
+    from methods.base import StepInputs
+    from methods.ckd import ckd_loss, grouped_ckd_loss
+
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(10, 81, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(10, 81, generator=g, dtype=torch.float64)
+    groups = (4, 4, 2)  # e.g. whole images of 4 RoIs, the last group short
+    grouped = grouped_ckd_loss(student, teacher, groups, temperature=0.5)
+    parts = zip(student.split(list(groups)), teacher.split(list(groups)))
+    expected = torch.stack([ckd_loss(s, t, 0.5) for s, t in parts]).mean()
+    assert torch.equal(grouped, expected)  # the same operations in the same order
+    assert not torch.isclose(grouped, ckd_loss(student, teacher, 0.5))  # not the one contrast over all rows
+    method = build_method({"type": "ckd", "temperature": 0.5, "cl_weight": 0.1, "ce_weight": 0.0})
+    terms = method(StepInputs(student, torch.zeros(10, dtype=torch.long), teacher, groups=groups))
+    assert torch.equal(terms["loss_ckd"], 0.1 * expected)
+    assert torch.equal(grouped_ckd_loss(student, teacher, (4, 0, 4, 2), temperature=0.5), grouped)  # empty: no group
+    with pytest.raises(ValueError, match="contrast groups of 9 rows for 10 rows"):
+        grouped_ckd_loss(student, teacher, (4, 5))
 
 
 def test_detection_records_and_the_old_schema():
@@ -176,14 +215,14 @@ def tiny(tmp_path_factory):
     return {"data": data, "networks": networks, "checkpoint": checkpoint, "suite": suite}
 
 
-def tiny_spec(tiny, method: str, run_dir: Path, epochs: int = 1):
+def tiny_spec(tiny, method: str, run_dir: Path, epochs: int = 1, **method_cfg):
     from benchmark.runner import RunSpec
     from benchmark.suites.coco import METHOD_SETTINGS, DetectionSchedule
 
     schedule = DetectionSchedule(epochs=epochs, batch_size=BATCH, lr=0.01, momentum=0.9, weight_decay=1e-4, kind="step",
                                  milestones=(max(1, epochs - 1),), warmup_iters=1, short_sides=(96,), max_size=128,
                                  test_short_side=96)
-    recipe = ResolvedRecipe("unified", schedule, {"type": method, **METHOD_SETTINGS[method]})
+    recipe = ResolvedRecipe("unified", schedule, {"type": method, **METHOD_SETTINGS[method], **method_cfg})
     return RunSpec(suite=tiny["suite"], pair=PAIR, method=method, recipe=recipe, seed=0, run_dir=run_dir,
                    data_root=str(tiny["data"]), teacher_checkpoint=None if method == "ce" else str(tiny["checkpoint"]),
                    teacher_checkpoint_sha256=None if method == "ce" else "test", num_workers=0)
@@ -195,7 +234,7 @@ class Probe(Hook):
     priority = "LOWEST"
 
     def __init__(self) -> None:
-        self.student_rois, self.teacher_rois, self.teacher_modes = [], [], []
+        self.student_rois, self.teacher_rois, self.teacher_modes, self.groups = [], [], [], []
 
     def before_train(self, runner) -> None:
         model = runner.model
@@ -215,6 +254,14 @@ class Probe(Hook):
             return teacher_forward(x, rois)
 
         student_head.bbox_loss, teacher_head._bbox_forward = keep_student, keep_teacher
+        if model.method is not None:
+            method_forward = model.method.forward
+
+            def keep_groups(step):
+                self.groups.append(step.groups)
+                return method_forward(step)
+
+            model.method.forward = keep_groups
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         teacher = runner.model.teacher
@@ -235,7 +282,8 @@ def test_distillation_trains_through_the_runner(method, tiny, tmp_path):
     from benchmark.runner import STUDENT_EXPORT, execute, new_record
 
     torch.set_num_threads(1)
-    spec = tiny_spec(tiny, method, tmp_path / method)
+    # CKD with its contrast in groups of one image's RoIs (the paper recipe's contrast_rois, scaled down).
+    spec = tiny_spec(tiny, method, tmp_path / method, **({"contrast_rois": ROIS_PER_IMAGE} if method == "ckd" else {}))
     probe = Probe()
     record = execute(spec, 4, new_record(spec), resume=False, hooks=[probe])
     assert record.status == "completed", record.failure
@@ -261,6 +309,9 @@ def test_distillation_trains_through_the_runner(method, tiny, tmp_path):
             assert labels.shape == (BATCH * ROIS_PER_IMAGE,) and int((labels < 80).sum()) == sum(positives)
     else:
         assert probe.teacher_rois == []  # FitNet needs the teacher's FPN only
+    # CKD's contrast groups: the RoIs of each whole image; the other methods see one group of all RoIs.
+    expected_groups = {"ckd": [(ROIS_PER_IMAGE,) * BATCH] * 2, "fitnet": []}.get(method, [None] * 2)
+    assert probe.groups == expected_groups
     # Every distillation term is logged beside MMDetection's own losses.
     scalars = next((tmp_path / method / "mmengine").glob("*/vis_data/scalars.json")).read_text()
     for term in MMDET_LOSSES + (TERMS[method],):
@@ -388,6 +439,48 @@ def test_config_files_in_the_repo_build_with_mmengines_runner(tiny, tmp_path):
 
 
 @needs_mmdet
+def test_contrast_groups_are_whole_images(tiny, tmp_path):
+    from mmdet.registry import MODELS
+
+    from benchmark.runner import build_config
+
+    cfg = build_config(tiny_spec(tiny, "ckd", tmp_path, contrast_rois=2 * ROIS_PER_IMAGE), 4)
+    model = MODELS.build(cfg.model)
+    assert model.contrast_images == 2
+    # 5 images (RoIs per image as the sampler drew them: one image came short): groups of 2, 2 and 1 images.
+    image_of_roi = torch.tensor([0] * 32 + [1] * 30 + [2] * 32 + [3] * 32 + [4] * 32, dtype=torch.float32)
+    rois = torch.cat([image_of_roi[:, None], torch.rand(len(image_of_roi), 4)], dim=1)
+    assert model.contrast_groups(rois, 5) == (62, 64, 32)
+    model.contrast_images = None  # contrast_rois None: one contrast over all RoIs
+    assert model.contrast_groups(rois, 5) is None
+    for distill, message in (({**cfg.model.distill, "contrast_rois": 48}, "not a positive multiple of the 32 RoIs sampled"),
+                             ({"type": "dkd", "contrast_rois": 64}, "contrast_rois is a setting of CKD")):
+        with pytest.raises(ValueError, match=message):  # refused before the teacher is built
+            MODELS.build({**cfg.model, "distill": distill})
+
+
+@needs_mmdet
+def test_mobilenetv2_student_freezes_nothing_as_the_dkd_reference(tiny):
+    """DKD-MV2-R50.yaml: FREEZE_AT 0. Every backbone parameter trains; BN keeps frozen statistics (norm_eval),
+    its affine trainable (MMDetection's norm_cfg requires_grad=True)."""
+    from mmdet.registry import MODELS
+
+    from benchmark.detection.model import model_config
+    from benchmark.suites.coco import NETWORKS
+
+    cfg = model_config(dict(cfg_path=NETWORKS["frcnn_mobilenetv2"]))
+    backbone_cfg = dict(cfg["backbone"], init_cfg=None)
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        backbone = MODELS.build(backbone_cfg).train()
+    assert backbone.frozen_stages == -1
+    frozen = [name for name, p in backbone.named_parameters() if not p.requires_grad]
+    assert frozen == []
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)  # norm_eval: running statistics stay frozen
+    assert all(m.training for m in backbone.conv1.modules() if not isinstance(m, torch.nn.BatchNorm2d))  # stem trains
+
+
+@needs_mmdet
 def test_mobilenetv2_reads_torchvision_weights(tiny):
     import torchvision
 
@@ -440,6 +533,14 @@ def test_coco_tables_from_detection_records(tmp_path):
     md = (tmp_path / "tables" / "coco_last.md").read_text()
     assert "frcnn_r101→frcnn_r18 AP50" in md and "**32.15 ± 0.21 (2)**" in md and "Δ" not in md.split("Notes:")[0]
     assert "39.40 (1)‡" in md and "Detectron2" in md and "faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth" in md
+    # The footnote says where the suite differs from the references: teachers, norm layers, CKD's contrast size.
+    from benchmark.suites.coco import TABLE_NOTES
+
+    notes = md.split("Notes:")[1]
+    for note in TABLE_NOTES:
+        assert f"- {note}" in notes, note
+    for text in ("Detectron2 3x models", "FrozenBN", "MobileNetV2 nothing (FREEZE_AT 0)", "groups of 1024 RoIs"):
+        assert text in notes, text
     csv = (tmp_path / "tables" / "coco_best.csv").read_text().splitlines()
     assert csv[0].startswith("suite,statistic,metric,recipe")
     assert any(line.startswith("coco,best,AP50,unified,2,frcnn_r101,frcnn_r18,dkd,52.1500") for line in csv)

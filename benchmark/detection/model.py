@@ -263,7 +263,11 @@ class DistillationDetector(BaseModel):
         teacher: config of the teacher, or None for the student alone (method ``ce``).
         teacher_checkpoint: the teacher's MMDetection checkpoint file.
         distill: the method's registry config (``dict(type='dkd', alpha=1, beta=0.25, ...)``),
-            ``dict(type='fitnet', hint_weight=...)`` for FPN hints, or None / ``ce`` for none.
+            ``dict(type='fitnet', hint_weight=...)`` for FPN hints, or None / ``ce`` for none. CKD may
+            carry ``contrast_rois``: its InfoNCE then runs within groups of that many RoIs of consecutive
+            whole images of this process (a multiple of the RoIs sampled per image) and is averaged
+            over the groups; None (default): one contrast over all RoIs (of all ranks with ``contrast
+            'global'`` under DDP, else of this process).
         data_preprocessor: the batch preprocessor of student and teacher (default: the
             student's) — both see the same normalised, padded batch.
         channels_last: both detectors' weights and the input batch in the channels-last memory
@@ -295,6 +299,8 @@ class DistillationDetector(BaseModel):
         if self.method_name not in ROI_LOGIT_METHODS + FEATURE_METHODS + NO_TEACHER_METHODS:
             raise ValueError(f"method {self.method_name!r} has no detection form here "
                              f"(detection: {', '.join(ROI_LOGIT_METHODS + FEATURE_METHODS)})")
+        # CKD's contrast size: consecutive whole images of this many RoIs in all (None: all RoIs of the process).
+        self.contrast_images = self._contrast_images(distill.pop("contrast_rois", None))
 
         self.teacher: nn.Module | None = None
         if self.method_name not in NO_TEACHER_METHODS:
@@ -329,6 +335,28 @@ class DistillationDetector(BaseModel):
         # Training checkpoints hold the student (and regressors), not the teacher.
         self._register_state_dict_hook(_drop_teacher)
         self._register_load_state_dict_pre_hook(self._fill_teacher)
+
+    def _contrast_images(self, contrast_rois: int | None) -> int | None:
+        """Images per CKD contrast group: ``contrast_rois`` / the RoIs the sampler draws per image."""
+        if contrast_rois is None:
+            return None
+        if self.method_name != "ckd":
+            raise ValueError(f"contrast_rois is a setting of CKD, not of {self.method_name!r}")
+        per_image = int(self.student.roi_head.train_cfg.sampler.num)
+        if contrast_rois <= 0 or contrast_rois % per_image:
+            raise ValueError(f"contrast_rois {contrast_rois} is not a positive multiple of the {per_image} RoIs "
+                             "sampled per image (a contrast group is whole images)")
+        return contrast_rois // per_image
+
+    def contrast_groups(self, rois: Tensor, num_images: int) -> tuple[int, ...] | None:
+        """Row counts of the CKD contrast groups: the RoIs of ``contrast_images`` consecutive images each
+        (the last group may hold fewer images when the process's batch is not a multiple)."""
+        if self.contrast_images is None:
+            return None
+        # bbox2roi orders the RoIs image by image; column 0 is the image's index in the batch.
+        per_image = torch.bincount(rois[:, 0].long(), minlength=num_images).tolist()
+        step = self.contrast_images
+        return tuple(sum(per_image[i:i + step]) for i in range(0, num_images, step))
 
     # -------------------------------------------------------------- weights, modes
 
@@ -383,7 +411,8 @@ class DistillationDetector(BaseModel):
             teacher_done = self._clock()
             if self.method is not None:
                 terms = self.method(StepInputs(logits_student=sampled.cls_score, target=sampled.labels,
-                                               logits_teacher=teacher_logits, epoch=self.epoch))
+                                               logits_teacher=teacher_logits, epoch=self.epoch,
+                                               groups=self.contrast_groups(sampled.rois, len(data_samples))))
                 losses.update({name: value for name, value in terms.items() if name != "loss_ce"})
             else:  # FitNet on the FPN outputs
                 student_features, self._student_fpn = self._student_fpn, None

@@ -13,8 +13,8 @@ torch's hub cache as MMDetection does).
 Methods on the RoI classification logits of the student's sampled RoIs (the same pure loss
 functions as for classification): KD (T 1, weight 1 — no reference config exists for plain KD on
 RoI logits), DKD (α 1, β 0.25, T 1, no warm-up: mdistiller ``detection/model/config.py``), CKD
-(weight 0.1, τ 1, contrast over all sampled RoIs of the device: the official CKD code's
-``detection/``, where CKD is only released combined with ReviewKD — here CKD alone); FitNet on
+(weight 0.1, τ 1: the official CKD code's ``detection/``, where CKD is only released combined with
+ReviewKD — here CKD alone; contrast size ``contrast_rois``, see the recipes); FitNet on
 the FPN outputs (one 1×1-conv regressor per level, MSE, weight 1: this suite's choice). CRD is
 not defined for detection in any reference: ``--methods crd`` stops with one line.
 
@@ -22,12 +22,21 @@ Recipes:
 - ``unified`` (default): MMDetection's 1x schedule — 12 epochs, SGD momentum 0.9, wd 1e-4,
   lr 0.02 at 16 images per batch (linear rule for another batch: ``--batch-sizes``), ×0.1 at
   epochs 8 and 11, linear warm-up over 500 iterations from 0.001, single scale 1333×800.
+  CKD contrasts all sampled RoIs of the batch (``contrast_rois`` None): 16 × 512 = 8,192 on one
+  process; under ``--nproc`` all ranks' RoIs with ``--ckd-contrast global`` (the default: the same
+  contrast as one process), each process's own with ``local``.
 - ``paper``: mdistiller's DKD detection schedule (Detectron2) translated to MMDetection —
   8 images per batch, lr 0.01, 180k iterations with ×0.1 at iterations 120k and 160k, linear
   warm-up over 1000 iterations from 0.001, multi-scale training short side 640–800 (step 32,
   max 1333), test 800. 180k iterations of 8 images are 12.28 epochs of train2017 (117,266
   images with boxes); the run is 12 epochs (≈175.9k iterations, −2.3 %) so that every epoch is
   validated and checkpointed like every run of this benchmark; the lr steps stay at 120k/160k.
+  CKD contrasts groups of 1,024 RoIs (``contrast_rois``: 2 whole images × 512 RoIs), the RoIs
+  of one GPU in the references' runs: the official CKD ``detection/model/rcnn.py`` computes its
+  InfoNCE over one GPU's sampled proposals, and the detection code it builds on (ReviewKD,
+  mdistiller) trains 8 images on 4 GPUs (2 per GPU); CKD's own configs (IMS_PER_BATCH 8) name
+  2 GPUs in a comment, i.e. 2,048. Groups are per process and nothing is gathered, so the
+  contrast is the same on 1 or N processes (as long as N divides the batch into whole groups).
 
 Metrics: MMDetection's CocoMetric (bbox) on val2017 after every epoch: mAP, AP50, AP75, APs,
 APm, APl (percent); the best epoch is chosen by mAP; the tables show AP / AP50 / AP75.
@@ -76,9 +85,13 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "ce": {},
     "kd": {"temperature": 1.0, "kd_weight": 1.0},
     "dkd": {"alpha": 1.0, "beta": 0.25, "temperature": 1.0, "warmup": 1},
-    "ckd": {"temperature": 1.0, "cl_weight": 0.1, "contrast": "local"},
+    # contrast_rois None: one contrast over all RoIs (of all ranks under DDP with --ckd-contrast global).
+    "ckd": {"temperature": 1.0, "cl_weight": 0.1, "contrast_rois": None},
     "fitnet": {"hint_weight": 1.0},
 }
+# The paper recipe's CKD contrast: 2 images x 512 RoIs, the RoIs of one GPU in the references' runs.
+PAPER_CONTRAST_ROIS = 1024
+PAPER_METHOD_SETTINGS: dict[str, dict[str, Any]] = {"ckd": {"contrast_rois": PAPER_CONTRAST_ROIS}}
 COMMON_NOTES = (
     "student: a plain MMDetection Faster R-CNN (all of its losses; its RoI cross-entropy loss_cls is the CE "
     "of the method, whose own CE term is off)",
@@ -89,10 +102,21 @@ COMMON_NOTES = (
 METHOD_NOTES = {
     "kd": ("KD: T 1, weight 1 — no reference config exists for plain KD on RoI logits (this suite's choice)",),
     "dkd": ("DKD: alpha 1, beta 0.25, T 1, no warm-up (mdistiller detection/model/config.py)",),
-    "ckd": ("CKD: weight 0.1, tau 1, the contrast over all sampled RoIs of the device (official CKD code, "
-            "detection/; released there only combined with ReviewKD — here CKD alone)",),
+    "ckd": ("CKD: weight 0.1, tau 1 (official CKD code, detection/; released there only combined with ReviewKD "
+            "— here CKD alone)",),
     "fitnet": ("FitNet: hints on the 5 FPN outputs, one 1x1-conv regressor per level, MSE averaged over levels, "
                "weight 1 — no reference config for FitNet on FPN (this suite's choice: the unscaled MSE, untuned)",),
+}
+# How each recipe sizes the CKD contrast (recorded in the recipe as contrast_rois).
+CONTRAST_NOTES = {
+    "unified": "CKD contrast over all sampled RoIs of the batch (contrast_rois None: 16 x 512 = 8,192 on one "
+               "process; under --nproc all ranks' RoIs, gathered with their gradient, with --ckd-contrast global, "
+               "each process's own with local)",
+    "paper": f"CKD contrast within groups of {PAPER_CONTRAST_ROIS} RoIs (contrast_rois: 2 whole images x 512 RoIs, "
+             "InfoNCE per group, averaged), the RoIs of one GPU in the references' runs (official CKD "
+             "detection/model/rcnn.py: the InfoNCE over one GPU's proposals; ReviewKD / mdistiller: 8 images on "
+             "4 GPUs; CKD's own configs name 2 GPUs, i.e. 2,048); groups are per process, nothing is gathered "
+             "(--ckd-contrast does not apply)",
 }
 PAPER_NOTES = (
     "paper recipe: mdistiller's DKD detection schedule (Detectron2: 8 images per batch, lr 0.01, 180k iterations, "
@@ -100,6 +124,22 @@ PAPER_NOTES = (
     "(about 175.9k iterations of train2017's 117,266 images with boxes, -2.3 %) with the lr steps at iterations "
     "120k/160k; MMDetection's model definitions kept (trainable BN affine, frozen BN statistics; Detectron2 "
     "uses FrozenBN and no weight decay on norm layers)",
+)
+
+
+# The COCO tables' footnote: where this suite differs from the references (DKD / CKD / ReviewKD detection code).
+TABLE_NOTES = (
+    "Teachers: MMDetection model-zoo Faster R-CNN FPN 1x checkpoints (frcnn_r101: "
+    f"{TEACHER_FILES['frcnn_r101']}, box AP 39.4 in the zoo; frcnn_r50: {TEACHER_FILES['frcnn_r50']}, 37.4) "
+    "unless the Teacher source row says otherwise. The references' teachers were Detectron2 3x models (R-101 42.0, "
+    "R-50 40.2 box AP in Detectron2's zoo; not loadable here): stronger teachers, trained 3x longer, so no Δ "
+    "against the DKD paper's detection numbers is offered.",
+    "Norm layers: MMDetection's BatchNorm with frozen statistics (norm_eval) and a trainable affine in every "
+    "student backbone; the references use Detectron2's FrozenBN (statistics and affine frozen). Frozen stages as "
+    "the references: ResNet students stem + stage 1 (Detectron2 FREEZE_AT 2), MobileNetV2 nothing (FREEZE_AT 0).",
+    "CKD contrast: unified over all sampled RoIs of the batch (16 x 512; under --nproc all ranks' RoIs with "
+    f"--ckd-contrast global); paper within groups of {PAPER_CONTRAST_ROIS} RoIs (2 whole images x 512, per "
+    "process, averaged over groups): one GPU's RoIs in the references' 4-GPU x 2-image runs.",
 )
 
 
@@ -139,24 +179,26 @@ def teacher_files(name: str) -> tuple[str, ...]:
     return (f"{name}.pth",) + ((TEACHER_FILES[name],) if name in TEACHER_FILES else ())
 
 
-def _method(method: str, method_cfg: dict[str, Any]) -> dict[str, Any]:
+def _method(method: str, method_cfg: dict[str, Any], recipe_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     if method not in METHODS:
         why = ("is not defined for detection in any reference" if method in ("crd", "crd_kd")
                else "has no detection form in this suite")
         raise UsageError(f"method {method} {why}; suite coco runs: {', '.join(METHODS)}")
-    return {"type": method, **METHOD_SETTINGS[method], **method_cfg}
+    return {"type": method, **METHOD_SETTINGS[method], **(recipe_settings or {}).get(method, {}), **method_cfg}
 
 
-def _notes(method: str) -> tuple[str, ...]:
-    return (COMMON_NOTES if method != "ce" else COMMON_NOTES[:1]) + METHOD_NOTES.get(method, ())
+def _notes(method: str, recipe: str) -> tuple[str, ...]:
+    notes = (COMMON_NOTES if method != "ce" else COMMON_NOTES[:1]) + METHOD_NOTES.get(method, ())
+    return notes + ((CONTRAST_NOTES[recipe],) if method == "ckd" else ())
 
 
 def unified(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedRecipe:
-    return ResolvedRecipe("unified", unified_schedule(), _method(method, method_cfg), _notes(method))
+    return ResolvedRecipe("unified", unified_schedule(), _method(method, method_cfg), _notes(method, "unified"))
 
 
 def paper(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedRecipe:
-    return ResolvedRecipe("paper", paper_schedule(), _method(method, method_cfg), _notes(method) + PAPER_NOTES)
+    return ResolvedRecipe("paper", paper_schedule(), _method(method, method_cfg, PAPER_METHOD_SETTINGS),
+                          _notes(method, "paper") + PAPER_NOTES)
 
 
 @dataclass
@@ -229,11 +271,6 @@ SUITE = register_suite(
         teacher_files=teacher_files,
         # COCO teachers are MMDetection checkpoints; training one (12 epochs of R-101) only with --train-teachers.
         trains_missing_teachers=False,
-        table_notes=(
-            "Teachers: MMDetection model-zoo Faster R-CNN FPN 1x checkpoints (frcnn_r101: "
-            f"{TEACHER_FILES['frcnn_r101']}, box AP 39.4 in the zoo; frcnn_r50: {TEACHER_FILES['frcnn_r50']}, 37.4) "
-            "unless the Teacher source row says otherwise. The DKD paper's detection teachers were Detectron2 models "
-            "(not loadable here): no Δ against its detection numbers is offered.",
-        ),
+        table_notes=TABLE_NOTES,
     )
 )
