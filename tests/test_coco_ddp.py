@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from benchmark.launch import free_port
-from benchmark.records import read_record
+from benchmark.store.records import read_record
 from tests.test_coco import PAIR, needs_mmdet, tiny, tiny_spec  # noqa: F401  (tiny: the module's fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")

@@ -82,14 +82,14 @@ def _mmcv_ops_in_fp32_under_autocast() -> None:
 
 _mmcv_ops_in_fp32_under_autocast()
 
-# Methods that act on the RoI classification logits (the registry's logit methods).
-ROI_LOGIT_METHODS = ("kd", "dkd", "ckd")
-FEATURE_METHODS = ("fitnet",)  # hints on the FPN outputs
-NO_TEACHER_METHODS = ("ce",)  # the student alone
-UNDEFINED_METHODS = {
-    "crd": "CRD is not defined for detection in any reference (it needs a memory bank of per-image embeddings)",
-    "crd_kd": "CRD+KD is not defined for detection in any reference (CRD needs a memory bank of per-image embeddings)",
-}
+# Each method's detection form is a fact on its class (``Distiller.detection``), read from the registry.
+def _methods_of_form(form: str) -> tuple[str, ...]:
+    return tuple(name for name in sorted(METHODS.module_dict) if METHODS.get(name).detection == form)
+
+
+ROI_LOGIT_METHODS = _methods_of_form("roi_logits")  # on the RoI classification logits
+FEATURE_METHODS = _methods_of_form("fpn_features")  # hints on the FPN outputs
+NO_TEACHER_METHODS = _methods_of_form("student_only")  # the student alone
 
 
 @dataclass
@@ -293,11 +293,9 @@ class DistillationDetector(BaseModel):
         self.student = MODELS.build(student)
         distill = dict(distill) if distill else {"type": "ce"}
         self.method_name = distill["type"]
-        if self.method_name in UNDEFINED_METHODS:
-            raise ValueError(UNDEFINED_METHODS[self.method_name])
-        METHODS.get(self.method_name)  # unknown names fail with the list of registered methods
+        method_cls = METHODS.get(self.method_name)  # unknown names fail with the list of registered methods
         if self.method_name not in ROI_LOGIT_METHODS + FEATURE_METHODS + NO_TEACHER_METHODS:
-            raise ValueError(f"method {self.method_name!r} has no detection form here "
+            raise ValueError(f"method {self.method_name!r} {method_cls.detection_note} "
                              f"(detection: {', '.join(ROI_LOGIT_METHODS + FEATURE_METHODS)})")
         # CKD's contrast size: consecutive whole images of this many RoIs in all (None: all RoIs of the process).
         self.contrast_images = self._contrast_images(distill.pop("contrast_rois", None))
@@ -432,5 +430,4 @@ def _drop_teacher(module, state_dict, prefix, local_metadata) -> None:
 
 
 __all__ = ["DistillationDetector", "RoIKeepingRoIHead", "model_config", "resolve_config_path", "SampledRoIs", "TruncatedMobileNetV2", "load_teacher",
-           "read_mmdet_checkpoint", "torchvision_mobilenet_v2_names", "ROI_LOGIT_METHODS", "FEATURE_METHODS",
-           "UNDEFINED_METHODS"]
+           "read_mmdet_checkpoint", "torchvision_mobilenet_v2_names", "ROI_LOGIT_METHODS", "FEATURE_METHODS"]

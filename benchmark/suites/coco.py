@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import UsageError
+from methods import METHODS as REGISTERED
 from benchmark.store.records import Metric
 
 from . import register_suite
@@ -181,8 +182,8 @@ def teacher_files(name: str) -> tuple[str, ...]:
 
 def _method(method: str, method_cfg: dict[str, Any], recipe_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     if method not in METHODS:
-        why = ("is not defined for detection in any reference" if method in ("crd", "crd_kd")
-               else "has no detection form in this suite")
+        # The method's own word on why (its class's detection_note).
+        why = REGISTERED.get(method).detection_note if method in REGISTERED.module_dict else "is not registered"
         raise UsageError(f"method {method} {why}; suite coco runs: {', '.join(METHODS)}")
     return {"type": method, **METHOD_SETTINGS[method], **(recipe_settings or {}).get(method, {}), **method_cfg}
 
