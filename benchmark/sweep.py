@@ -383,7 +383,7 @@ def run_single(args: argparse.Namespace, run_dir: str) -> int:
 
 def run_spec(run: PlannedRun, args, suite, stage, teacher=None):
     """The RunSpec of a planned run: what the command line and the teacher stage say about it."""
-    from benchmark.runner import RunSpec
+    from benchmark.train import RunSpec
 
     return RunSpec(
         suite=suite, pair=run.pair, method=run.method, recipe=run.recipe, seed=run.seed, run_dir=run.run_dir,
@@ -403,7 +403,7 @@ def print_configs(sweep: Sweep) -> None:
     No data or teacher file is read: the teacher's path is where the sweep would find or train
     it, and the training-set size (CRD's memory) is counted from the data when the run starts.
     """
-    from benchmark.runner import STUDENT_EXPORT, build_config
+    from benchmark.train import STUDENT_EXPORT, build_config
 
     for run in sweep.runs:
         teacher = None
@@ -421,7 +421,7 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
     """One planned run, under its claim: skip, resume or start it, and record the outcome."""
     from benchmark.store.checkpoints import CheckpointError
     from benchmark.data import DatasetNotFoundError
-    from benchmark.runner import execute, new_record
+    from benchmark.train import execute, new_record
 
     state, record = existing_state(run)  # read only now that the run is ours
     if state == "completed":

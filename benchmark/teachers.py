@@ -42,7 +42,7 @@ class TeacherInfo:
 
 
 def _dataset_cfg(suite: Suite, split: str, data_root: str, download: bool) -> dict[str, Any]:
-    from benchmark.runner import CONFIG_DIR
+    from benchmark.train import CONFIG_DIR
 
     base = Config.fromfile(CONFIG_DIR / "datasets" / f"{suite.dataset_base}.py")
     cfg = dict(base[f"{split}_dataloader"]["dataset"])
@@ -60,7 +60,7 @@ def evaluate_top1(model: torch.nn.Module, suite: Suite, data_root: str, device: 
 
     ``num_workers`` defaults to the dataset config's (ImageNet's 50,000 JPEGs need decoding workers).
     """
-    from benchmark.runner import CONFIG_DIR
+    from benchmark.train import CONFIG_DIR
 
     base = Config.fromfile(CONFIG_DIR / "datasets" / f"{suite.dataset_base}.py")
     preprocessor = MODELS.build({**base["data_preprocessor"], "augment": False}).to(device)
@@ -187,7 +187,7 @@ class TeacherStage:
             return self._from_checkpoint(name, found, say, write=False)
 
     def _completed_training(self, name: str) -> TeacherInfo | None:
-        from benchmark.runner import STUDENT_EXPORT
+        from benchmark.train import STUDENT_EXPORT
 
         run_dir = self.run_dir(name)
         try:
@@ -200,7 +200,7 @@ class TeacherStage:
         return None
 
     def _from_checkpoint(self, name: str, path: Path, say: Callable[[str], Any], write: bool = True) -> TeacherInfo:
-        from benchmark.runner import RunSpec, new_record
+        from benchmark.train import RunSpec, new_record
 
         digest = sha256_of(path)
         run_dir = self.run_dir(name)
@@ -232,7 +232,7 @@ class TeacherStage:
         return TeacherInfo(str(path), digest, top1, COMMUNITY)
 
     def _train(self, name: str, say: Callable[[str], Any]) -> TeacherInfo:
-        from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
+        from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 
         run_dir = self.run_dir(name)
         recipe = self._recipe(name)

@@ -105,7 +105,7 @@ def test_recipe_hash_follows_the_settings():
 
 def test_config_built_from_the_recipe():
     """The MMEngine config of a run carries the recipe: batch, lr, cosine T_max, the loss args, drop_last off."""
-    from benchmark.runner import RunSpec, build_config
+    from benchmark.train import RunSpec, build_config
 
     pair = SUITE.pair("wrn_40_2-wrn_40_1")
     recipe = SUITE.resolve("paper", pair, "ckd")

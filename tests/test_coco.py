@@ -1,6 +1,6 @@
 """The coco suite: distillation of Faster R-CNN detectors on MMDetection 3.3, on a tiny generated COCO.
 
-The training tests run the real runner (``benchmark.runner.execute``: MMEngine's Runner, the
+The training tests run the real runner (``benchmark.train.execute``: MMEngine's Runner, the
 suite's MMDetection config, CocoMetric) for 2 iterations and one validation, with tiny
 teacher/student Faster R-CNNs (ResNet-18 layouts at 1/8 width, 96-pixel images, 32 sampled
 RoIs per image) built from this repository's R-18 config, so that they take seconds on a CPU.
@@ -216,7 +216,7 @@ def tiny(tmp_path_factory):
 
 
 def tiny_spec(tiny, method: str, run_dir: Path, epochs: int = 1, **method_cfg):
-    from benchmark.runner import RunSpec
+    from benchmark.train import RunSpec
     from benchmark.suites.coco import METHOD_SETTINGS, DetectionSchedule
 
     schedule = DetectionSchedule(epochs=epochs, batch_size=BATCH, lr=0.01, momentum=0.9, weight_decay=1e-4, kind="step",
@@ -279,7 +279,7 @@ MMDET_LOSSES = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox")
 @pytest.mark.parametrize("method", ["kd", "dkd", "ckd", "fitnet"])
 def test_distillation_trains_through_the_runner(method, tiny, tmp_path):
     from benchmark.detection.model import read_mmdet_checkpoint
-    from benchmark.runner import STUDENT_EXPORT, execute, new_record
+    from benchmark.train import STUDENT_EXPORT, execute, new_record
 
     torch.set_num_threads(1)
     # CKD with its contrast in groups of one image's RoIs (the paper recipe's contrast_rois, scaled down).
@@ -341,7 +341,7 @@ class Interrupt(Hook):
 
 @needs_mmdet
 def test_resume_leaves_the_record_of_an_uninterrupted_run(tiny, tmp_path):
-    from benchmark.runner import execute, new_record
+    from benchmark.train import execute, new_record
 
     torch.set_num_threads(1)
 
@@ -364,7 +364,7 @@ def test_resume_leaves_the_record_of_an_uninterrupted_run(tiny, tmp_path):
 @needs_mmdet
 def test_student_alone_and_a_missing_teacher(tiny, tmp_path):
     from benchmark.store.checkpoints import CheckpointError
-    from benchmark.runner import build_config, execute, new_record
+    from benchmark.train import build_config, execute, new_record
 
     torch.set_num_threads(1)
     spec = tiny_spec(tiny, "ce", tmp_path / "ce")
@@ -442,7 +442,7 @@ def test_config_files_in_the_repo_build_with_mmengines_runner(tiny, tmp_path):
 def test_contrast_groups_are_whole_images(tiny, tmp_path):
     from mmdet.registry import MODELS
 
-    from benchmark.runner import build_config
+    from benchmark.train import build_config
 
     cfg = build_config(tiny_spec(tiny, "ckd", tmp_path, contrast_rois=2 * ROIS_PER_IMAGE), 4)
     model = MODELS.build(cfg.model)

@@ -3,7 +3,7 @@
 Detection ranks sample their own RoIs, so their counts may differ: CKD's ``global`` contrast gathers
 the row counts first, pads, gathers with the gradient and trims (``methods.distributed``). The unit
 test checks that 2 processes with 5 and 3 rows give what one process gives over the 8 rows. The
-training test runs the real runner (``benchmark.runner.execute`` → ``benchmark.launch``) on the tiny
+training test runs the real runner (``benchmark.train.execute`` → ``benchmark.train.launch``) on the tiny
 COCO of ``tests/test_coco.py`` (2 images per process, 1 iteration per epoch), interrupted after its
 first epoch's checkpoint and resumed.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.launch import free_port
+from benchmark.train.launch import free_port
 from benchmark.store.records import read_record
 from tests.test_coco import PAIR, needs_mmdet, tiny, tiny_spec  # noqa: F401  (tiny: the module's fixture)
 
@@ -105,12 +105,12 @@ def test_coco_trains_on_two_processes_and_resumes(tiny, tmp_path, monkeypatch): 
     """CKD with the global contrast under DDP: interrupted (Ctrl-C on every rank) after epoch 1's checkpoint,
     then resumed to the end; finite losses, CocoMetric's AP every epoch, world size 2 in the record.
 
-    The ranks are forked, not spawned as ``benchmark.launch`` does: a spawned rank re-imports MMDetection
+    The ranks are forked, not spawned as ``benchmark.train.launch`` does: a spawned rank re-imports MMDetection
     (~12 s a launch on 2 cores). What spawning needs of the run (it pickles) is checked here instead, and
     the spawned launch itself by tests/test_ddp.py's CLI runs."""
     import torch.multiprocessing
 
-    from benchmark.runner import execute, new_record
+    from benchmark.train import execute, new_record
 
     spec = tiny_spec(tiny, "ckd", tmp_path / "run", epochs=2, contrast="global")
     # 4 images per batch, 2 per process: one iteration per epoch; one thread per rank on 2 cores.

@@ -41,7 +41,7 @@ class StepProbe(Hook):
 
 def test_coco_amp_and_channels_last_are_applied(tiny, tmp_path):  # noqa: F811
     """Both options in one run (one tiny training costs seconds): bf16 autocast, NHWC weights."""
-    from benchmark.runner import execute, new_record
+    from benchmark.train import execute, new_record
 
     spec = tiny_spec(tiny, "kd", tmp_path / "run")
     options = {"amp": "bfloat16", "channels_last": True}

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import methods
-from benchmark.launch import free_port
+from benchmark.train.launch import free_port
 from methods.base import DistillContext, StepInputs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -39,7 +39,7 @@ from benchmark.report.load import load_records
 from benchmark.report.published import load_published
 from benchmark.report.synthetic import make_record, write
 from benchmark.report.tables import build_suite_tables, suite_pair_order
-from benchmark.runner import CONFIG_DIR, STUDENT_EXPORT, RunSpec, build_config, execute, new_record
+from benchmark.train import CONFIG_DIR, STUDENT_EXPORT, RunSpec, build_config, execute, new_record
 from benchmark.suites import Pair, get_suite
 from methods.fitnet import ConvReg
 from tests.datagen import smooth_image, write_tiny_imagefolder

@@ -20,7 +20,7 @@ from benchmark import faults
 from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.models import build_model
 from benchmark.store.records import RecordError, RunRecord, read_record
-from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
+from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 from benchmark.suites import Pair, get_suite
 
 SUITE = get_suite("digits")

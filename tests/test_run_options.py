@@ -17,7 +17,7 @@ import pytest
 from benchmark.detection import detection_stack_problem
 from benchmark.errors import UsageError
 from benchmark.run import parse_args
-from benchmark.runner import build_config
+from benchmark.train import build_config
 from benchmark.suites import get_suite, suite_names
 from benchmark.sweep import BASELINE, plan_sweep, run_spec
 

@@ -13,7 +13,7 @@ import methods
 from benchmark.store.checkpoints import CheckpointError, load_community_checkpoint, save_community_checkpoint
 from benchmark.models import build_model
 from benchmark.store.records import read_record
-from benchmark.runner import STUDENT_EXPORT, RunSpec, execute, new_record
+from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 from benchmark.suites import Pair, ResolvedRecipe, Schedule, get_suite
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_nan_loss_stops_the_run_and_records_it_as_failed(tiny_cifar100, teacher_
 
 
 def test_teacher_loaded_strictly_and_frozen(tiny_cifar100, teacher_checkpoint, tmp_path):
-    from benchmark.distill_model import DistillationModel
+    from benchmark.train.model import DistillationModel
 
     model = DistillationModel(student="resnet8", teacher="resnet20", teacher_checkpoint=str(teacher_checkpoint),
                               method={"type": "kd"}, num_classes=100, num_data=N_TRAIN,

@@ -16,8 +16,8 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 from benchmark.store.checkpoints import allow_mmengine_checkpoint_globals
-from benchmark.engine import seed_data_worker
-from benchmark.runner import EpochSeeder
+from benchmark.train.hooks import seed_data_worker
+from benchmark.train.hooks import EpochSeeder
 
 WORKERS, EPOCHS, BATCH, ITEMS = 2, 2, 2, 8
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.multiprocessing as mp
 
-    from benchmark.launch import free_port
+    from benchmark.train.launch import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(_rank_main, args=(args.nproc, free_port(), args, tmp), nprocs=args.nproc, join=True, start_method="spawn")

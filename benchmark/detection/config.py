@@ -21,7 +21,7 @@ from . import detection_stack_problem
 from .layout import SPLITS, check_layout, check_pretrained
 
 if TYPE_CHECKING:  # pragma: no cover
-    from benchmark.runner import RunSpec
+    from benchmark.train import RunSpec
 
 CUSTOM_IMPORTS = dict(imports=["benchmark.detection.model"], allow_failed_imports=False)
 
@@ -75,7 +75,7 @@ def build_run_config(suite: Any, spec: "RunSpec", check_files: bool = True) -> C
     """The suite's part of one detection run's MMDetection config (raises one-line errors for the user).
 
     The run-level settings (workers, batch per process, DDP, AMP, channels-last, TensorBoard,
-    seed, work dir) are applied afterwards by ``benchmark.runner.apply_run_overlay``, as for
+    seed, work dir) are applied afterwards by ``benchmark.train.config.apply_run_overlay``, as for
     every suite. ``check_files=False``: no data, teacher or pretrained file is looked at.
     """
     problem = detection_stack_problem()

@@ -25,7 +25,7 @@ def evaluate_detector(suite: Any, name: str, checkpoint: str | os.PathLike, data
     from benchmark.detection.config import load_network_config
     from benchmark.detection.layout import SPLITS, check_layout
     from benchmark.detection.model import load_teacher
-    from benchmark.engine import metric_values
+    from benchmark.train.hooks import metric_values
     from benchmark.errors import UsageError
 
     from . import detection_stack_problem

@@ -214,7 +214,7 @@ class DetectionSuite(Suite):
     table_notes: tuple[str, ...] = ()
 
     def build_config(self, spec, num_data: int | None, check_files: bool = True):
-        """The suite's part of a run's MMDetection config (``benchmark.runner.build_config`` calls this)."""
+        """The suite's part of a run's MMDetection config (``benchmark.train.build_config`` calls this)."""
         from benchmark.detection.config import build_run_config
 
         return build_run_config(self, spec, check_files)

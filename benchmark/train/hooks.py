@@ -16,6 +16,7 @@ import random
 import resource
 import sys
 import time
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,7 +25,10 @@ from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
-from mmengine.registry import FUNCTIONS, HOOKS, METRICS, OPTIM_WRAPPERS
+from mmengine.dist import get_rank
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import FUNCTIONS, HOOKS, METRICS, MODEL_WRAPPERS, OPTIM_WRAPPERS
+from mmengine.runner import set_random_seed
 
 from benchmark import faults
 from benchmark.store.records import CLASSIFICATION, CLASSIFICATION_METRICS, EpochPoint, Metric, RunRecord, metric_label
@@ -125,13 +129,43 @@ def seed_data_worker(worker_id: int, run_seed: int, epoch: int = 0, rank: int = 
     same at every epoch; with workers restarted each epoch every worker slot then replays one
     random stream (ImageNet's crops and flips, MMDetection's numpy-drawn flips and scales).
     torchvision's loader, as the references used it, draws fresh streams each epoch. The epoch
-    is bound by :class:`benchmark.runner.EpochSeeder` before the epoch's workers start, so a
+    is bound by :class:`EpochSeeder` (below) before the epoch's workers start, so a
     resumed run draws exactly what an uninterrupted one draws.
     """
     state = np.random.SeedSequence([run_seed, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)
     random.seed(int(state[0]))
     np.random.seed(int(state[0]))
     torch.manual_seed(int(state[1]))
+
+
+class EpochSeeder(Hook):
+    """Re-seeds every RNG at each epoch start from (run seed, epoch).
+
+    The random state then depends only on where training is, not on how it got there,
+    so a resumed run continues exactly like an uninterrupted one.
+    """
+
+    priority = "VERY_HIGH"
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def before_train_epoch(self, runner) -> None:
+        # Under DDP each rank draws its own augmentations and CRD negatives (distinct, reproducible).
+        set_random_seed(self.seed * 100_003 + runner.epoch + 1_000_003 * get_rank())
+        # The epoch's data-loader workers start after this hook: bind (seed, epoch, rank) for them.
+        loader = runner.train_loop.dataloader
+        if loader.num_workers > 0:
+            loader.worker_init_fn = partial(seed_data_worker, run_seed=self.seed, epoch=runner.epoch, rank=get_rank())
+
+
+@MODEL_WRAPPERS.register_module()
+class DeviceAwareDistributedDataParallel(MMDistributedDataParallel):
+    """MMEngine's DDP wrapper, also on CPU (gloo), where ``device_ids`` must be None."""
+
+    def __init__(self, module: torch.nn.Module, device_ids: Any = None, **kwargs) -> None:
+        on_cpu = all(not p.is_cuda for p in module.parameters())
+        super().__init__(module=module, device_ids=None if on_cpu else device_ids, **kwargs)
 
 
 RUN_STATE_KEY = "kd_run_state"  # our part of every training checkpoint
