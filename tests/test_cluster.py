@@ -91,8 +91,8 @@ def test_two_concurrent_submissions_execute_every_run_exactly_once(swept):
 
 def test_a_job_finding_its_run_held_exits_3_and_one_finding_it_completed_does_nothing(swept, capsys, monkeypatch):
     from benchmark.store.claims import claim
-    from benchmark.cluster import RunJob, job_argv
-    from benchmark.run import parse_args
+    from benchmark.sweep.cluster.jobs import RunJob, job_argv
+    from benchmark.sweep.options import parse_args
 
     work, argv, _, _ = swept
     monkeypatch.chdir(REPO)
@@ -187,9 +187,9 @@ def sbatch_calls(log: Path) -> list[str]:
 def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_path, capsys):
     from submitit.core.utils import DelayedSubmission
 
-    from benchmark.cluster import RunJob, TeacherJob
-    from benchmark.run import parse_args
-    from benchmark.sweep import plan_sweep
+    from benchmark.sweep.cluster.jobs import RunJob, TeacherJob
+    from benchmark.sweep.options import parse_args
+    from benchmark.sweep.plan import plan_sweep
 
     work = tmp_path / "work"
     sweep_args = ["--suite", "digits", "--methods", "kd,dkd", "--seeds", "2", "--epochs", "1", "--no-baseline", "--work-dir", str(work)]
@@ -288,8 +288,8 @@ def test_slurm_options_are_checked_before_anything_is_submitted(fake_slurm, tmp_
 
 def test_status_from_the_run_directories_alone_with_no_scheduler(tmp_path, capsys, monkeypatch):
     from benchmark.store.claims import claim
-    from benchmark.run import parse_args
-    from benchmark.sweep import plan_sweep
+    from benchmark.sweep.options import parse_args
+    from benchmark.sweep.plan import plan_sweep
 
     work = tmp_path / "work"
     argv = ["--suite", "digits", "--methods", "kd", "--seeds", "7", "--epochs", "4", "--no-baseline", "--work-dir", str(work)]
@@ -304,7 +304,7 @@ def test_status_from_the_run_directories_alone_with_no_scheduler(tmp_path, capsy
         write_record(rec, run.run_dir)
 
     def marker(seed: int, cluster: str, job_id: str) -> None:
-        from benchmark.cluster import write_marker
+        from benchmark.sweep.cluster.markers import write_marker
 
         write_marker(runs[seed].run_dir, cluster, job_id, log=None)
 

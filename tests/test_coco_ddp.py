@@ -85,7 +85,7 @@ def test_unequal_rows_gathered_with_gradient_give_the_one_process_ckd_loss(tmp_p
 def test_nproc_puts_the_ckd_contrast_into_the_coco_recipe():
     """unified: --ckd-contrast decides (global: all ranks' RoIs); paper: groups of contrast_rois per process."""
     from benchmark.suites import get_suite
-    from benchmark.sweep import with_world_size
+    from benchmark.sweep.plan import with_world_size
 
     suite = get_suite("coco")
     pair = suite.pairs[0]

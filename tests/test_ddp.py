@@ -195,7 +195,7 @@ def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_pat
     from benchmark.models import build_model
     from benchmark.store.checkpoints import load_community_checkpoint
     from benchmark.suites import get_suite
-    from benchmark.teachers import evaluate_top1
+    from benchmark.sweep.teachers import evaluate_top1
     from benchmark.store.records import read_record
 
     out = cli("--suite", "digits", "--methods", "crd,ckd", "--seeds", "1", "--epochs", "1", "--nproc", "2",

@@ -524,7 +524,7 @@ def _stage(tmp_path, **overrides):
     import argparse
 
     from benchmark.suites import get_suite
-    from benchmark.teachers import TeacherStage
+    from benchmark.sweep.teachers import TeacherStage
 
     args = argparse.Namespace(teachers=None, train_teachers=False, work_dir=str(tmp_path / "w"), epochs=None, device="cpu",
                               data_root=str(tmp_path / "data"), download=False, num_workers=0, deterministic=False, verbose=False)

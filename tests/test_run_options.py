@@ -16,10 +16,11 @@ import pytest
 
 from benchmark.detection import detection_stack_problem
 from benchmark.errors import UsageError
-from benchmark.run import parse_args
+from benchmark.sweep.options import parse_args
 from benchmark.train import build_config
 from benchmark.suites import get_suite, suite_names
-from benchmark.sweep import BASELINE, plan_sweep, run_spec
+from benchmark.sweep.plan import BASELINE, plan_sweep
+from benchmark.sweep.in_process import run_spec
 
 REPO = Path(__file__).resolve().parent.parent
 PROBLEM = detection_stack_problem()

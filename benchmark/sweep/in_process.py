@@ -1,10 +1,4 @@
-"""A sweep: the plan (pairs × methods × seeds), the teacher stage, and every run under its claim.
-
-``benchmark/run.py`` parses the command line and hands it here (or to another executor);
-:func:`run_sweep` executes the plan in this process, one run after another, with progress and
-ETA. Every executor runs a single run through :func:`run_one`, which claims the run directory,
-reads its state only then, and skips, resumes or starts it.
-"""
+"""The in-process executor: preflight, the teacher stage, every run under its claim, the closing summary."""
 from __future__ import annotations
 
 import argparse
@@ -16,185 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmark.store.claims import claim, holder_of
 from benchmark.errors import UsageError
-from benchmark.store.records import RecordError, RunRecord, read_record, write_record
+from benchmark.store.claims import claim
+from benchmark.store.records import write_record
 
-BASELINE = "ce"
-EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 1, 2, 3
-
-
-@dataclass
-class PlannedRun:
-    pair: object
-    method: str
-    seed: int
-    recipe: object
-    run_dir: Path
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        schedule = self.recipe.schedule
-        method_args = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in self.recipe.method.items() if k != "type")
-        method_args += "".join(f", {k} {v}" for k, v in self.recipe.options.items())
-        return (f"{self.pair.name} {self.method} seed{self.seed} (recipe {self.recipe.name} {self.recipe.hash}, "
-                f"{schedule.epochs} ep, bs {schedule.batch_size}, lr {schedule.lr:g}{method_args})")
-
-
-def _split(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
-
-
-def resolve_plan(args: argparse.Namespace):
-    """Validate the command line and list the runs; raises UsageError with one line."""
-    import methods
-    from benchmark.suites import UnknownSuiteError, get_suite, variant_name
-
-    try:
-        suite = get_suite(args.suite)
-    except UnknownSuiteError as exc:
-        raise UsageError(str(exc)) from None
-    chosen = _split(args.methods)
-    if not chosen:
-        raise UsageError("--methods is empty; registered methods: " + ", ".join(methods.method_names()))
-    unknown = [m for m in chosen if m not in methods.METHODS.module_dict]
-    if unknown:
-        raise UsageError(f"unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(methods.method_names())}")
-    if not args.no_baseline and BASELINE not in chosen:
-        chosen = [BASELINE] + chosen
-    try:
-        pairs = [suite.pair(name) for name in _split(args.pairs)] if args.pairs else list(suite.pairs)
-    except KeyError as exc:
-        raise UsageError(str(exc.args[0])) from None
-    recipe = args.recipe or suite.default_recipe
-    if recipe not in suite.recipes:
-        raise UsageError(f"suite {suite.name!r} has no recipe {recipe!r}; its recipes: {', '.join(sorted(suite.recipes))}")
-    if args.seeds < 1:
-        raise UsageError("--seeds must be at least 1")
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError("--epochs must be at least 1")
-    try:
-        batch_sizes = [int(b) for b in _split(args.batch_sizes)] or [None]
-    except ValueError:
-        raise UsageError(f"--batch-sizes must be a comma list of integers, got {args.batch_sizes!r}") from None
-
-    runs = []
-    for pair in pairs:
-        for method in chosen:
-            for batch_size in batch_sizes:
-                resolved = with_options(with_world_size(suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size), args), args)
-                for seed in range(args.seeds):
-                    extra = {}
-                    if batch_size is not None:
-                        base = suite.resolve(recipe, pair, method).schedule
-                        extra = {"batch_size_ablation": True, "base_batch_size": base.batch_size, "base_lr": base.lr, "lr_rule": "linear"}
-                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size, args.nproc, args.amp, args.channels_last) / pair.name / method / f"seed{seed}"
-                    runs.append(PlannedRun(pair, method, seed, resolved, run_dir, extra))
-    return suite, recipe, pairs, runs
-
-
-def with_world_size(resolved, args: argparse.Namespace):
-    """The recipe as run on ``--nproc`` processes: the batch stays global; CKD's contrast is stated."""
-    nproc = getattr(args, "nproc", 1)
-    if nproc == 1:
-        return resolved
-    batch = resolved.schedule.batch_size
-    if batch % nproc:
-        raise UsageError(f"--nproc {nproc} does not divide the batch size {batch} (the recipe's batch is the global batch)")
-    notes = (f"DDP over {nproc} processes, {batch // nproc} images each; lr unchanged",)
-    method = dict(resolved.method)
-    if method["type"] == "ckd" and method.get("contrast_rois") is not None:
-        # Contrast groups of whole images on each process (COCO paper recipe): nothing to gather.
-        notes += (f"CKD contrast within groups of {method['contrast_rois']} RoIs of each process (--ckd-contrast "
-                  "does not apply)",)
-    elif method["type"] == "ckd" and "contrast" not in resolved.method:  # a suite may fix it
-        method["contrast"] = args.ckd_contrast
-        notes += ("CKD negatives from the global batch" if args.ckd_contrast == "global" else
-                  "CKD negatives from each process's batch only (as DataParallel computed the official loss per replica)",)
-    if args.sync_bn:
-        notes += ("SyncBatchNorm in the student",)
-    from benchmark.suites import ResolvedRecipe
-
-    return ResolvedRecipe(resolved.name, resolved.schedule, method, resolved.notes + notes, dict(resolved.options))
-
-
-def with_options(resolved, args: argparse.Namespace):
-    """--amp (bf16 autocast) and --channels-last: recorded in the recipe, so they are part of the run's identity."""
-    options = dict(resolved.options)
-    if getattr(args, "amp", False):
-        options["amp"] = "bfloat16"
-    if getattr(args, "channels_last", False):
-        options["channels_last"] = True
-    if options == resolved.options:
-        return resolved
-    from benchmark.suites import ResolvedRecipe
-
-    return ResolvedRecipe(resolved.name, resolved.schedule, resolved.method, resolved.notes, options)
-
-
-def existing_state(run: PlannedRun) -> tuple[str, RunRecord | None]:
-    """'new' | 'completed' | 'failed' | 'interrupted' for a planned run, checking it is the same recipe."""
-    path = run.run_dir / "record.json"
-    if not path.exists():
-        return "new", None
-    try:
-        record = read_record(path)
-    except RecordError as exc:
-        raise UsageError(f"cannot trust {path} ({exc}); move it away to run again") from None
-    if record.recipe_hash != run.recipe.hash:
-        raise UsageError(
-            f"{run.run_dir} holds a run of another recipe (hash {record.recipe_hash}, now {run.recipe.hash}); use another --work-dir"
-        )
-    return ("interrupted" if record.status == "running" else record.status), record
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-class Progress:
-    """Sweep progress with an ETA from the measured seconds per training epoch."""
-
-    def __init__(self, runs: list[PlannedRun]) -> None:
-        self.total = len(runs)
-        self.remaining_epochs = sum(r.recipe.schedule.epochs for r in runs)
-        self.done = 0
-        self.seconds = 0.0
-        self.epochs_done = 0
-
-    def finished(self, run: PlannedRun, seconds: float | None) -> None:
-        self.done += 1
-        self.remaining_epochs -= run.recipe.schedule.epochs
-        if seconds is not None:
-            self.seconds += seconds
-            self.epochs_done += run.recipe.schedule.epochs
-
-    def eta(self) -> str:
-        if not self.epochs_done:
-            return "ETA –"
-        return "ETA " + format_duration(self.seconds / self.epochs_done * self.remaining_epochs)
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
-
-
-def print_plan(suite, recipe: str, pairs, runs: list[PlannedRun], teacher_plan: dict[str, str]) -> None:
-    say(f"suite {suite.name}: {suite.description}")
-    say(f"recipe {recipe}; {len(pairs)} pair(s) x {len({r.method for r in runs})} method(s) x {len({r.seed for r in runs})} seed(s) = {len(runs)} run(s)")
-    say("teachers:")
-    for name, how in teacher_plan.items():
-        say(f"  {name}: {how}")
-    say("runs:")
-    for run in runs:
-        state, _ = existing_state(run)
-        holder = holder_of(run.run_dir)
-        held = f" (held by {holder})" if holder else ""
-        say(f"  [{state:>11}] {run.label} -> {run.run_dir}{held}")
+from benchmark.sweep.console import EXIT_FAILED, EXIT_HELD, Progress, print_plan, say
+from benchmark.sweep.plan import BASELINE, PlannedRun, Sweep, plan_sweep
+from benchmark.sweep.state import existing_state
 
 
 def check_writable_dir(path: str, option: str) -> None:
@@ -215,34 +37,6 @@ class SweepOutcome:
     failed: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)
     completed: int = 0
-
-
-@dataclass
-class Sweep:
-    """A resolved command line: the suite, its recipe, pairs and planned runs, the teacher stage."""
-
-    args: argparse.Namespace
-    suite: object
-    recipe: str
-    pairs: list
-    runs: list[PlannedRun]
-    stage: object
-    num_data: int | None = None  # size of the training split, once preflight has counted it
-
-    @property
-    def teacher_names(self) -> list[str]:
-        return sorted({p.teacher for p in self.pairs}, key=[p.teacher for p in self.pairs].index)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return any(run.method != BASELINE for run in self.runs)
-
-
-def plan_sweep(args: argparse.Namespace) -> Sweep:
-    from benchmark.teachers import TeacherStage
-
-    suite, recipe, pairs, runs = resolve_plan(args)
-    return Sweep(args, suite, recipe, pairs, runs, TeacherStage(suite, recipe, args))
 
 
 def preflight(sweep: Sweep) -> None:

@@ -1,0 +1,34 @@
+"""What the cluster modules share: job states, exit codes, polling and printing."""
+from __future__ import annotations
+
+import os
+
+
+
+
+MARKER_FILE = "submitted.json"
+JOBS_DIR = "jobs"  # under --work-dir: submitit's pickles, sbatch files and job logs (<job id>_0_log.out)
+SIGNAL_DELAY_S = 90  # USR2 this long before the time limit: checkpoint() requeues the job
+MAX_TIMEOUTS = 20  # requeues after a time-out before submitit gives up (preemptions do not count)
+DEFAULT_TIME_LIMIT_MIN = 24 * 60
+LOCAL_TIMEOUT_MIN = 365 * 24 * 60  # LocalExecutor kills a job after its timeout (2 minutes by default)
+SCHEDULER_TIMEOUT_S = 30
+FRESH_SUBMISSION_S = 300  # a job the scheduler does not list yet is taken as queued for this long
+EXIT_FAILED, EXIT_HELD = 1, 3
+
+# Slurm job states: still going (the run may yet execute) vs ended.
+LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+               "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
+RUNNING, PENDING = "RUNNING", "PENDING"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def poll_seconds(cluster: str) -> float:
+    default = 30.0 if cluster == "slurm" else 1.0
+    return float(os.environ.get("KD_CLUSTER_POLL_S", default))
+
+
+# --------------------------------------------------------------------------- command lines
