@@ -91,12 +91,12 @@ def test_two_concurrent_submissions_execute_every_run_exactly_once(swept):
 
 def test_a_job_finding_its_run_held_exits_3_and_one_finding_it_completed_does_nothing(swept, capsys, monkeypatch):
     from benchmark.store.claims import claim
-    from benchmark.sweep.cluster.jobs import RunJob, job_argv
+    from benchmark.sweep.cluster.jobs import RunJob, job_options
     from benchmark.sweep.options import parse_args
 
     work, argv, _, _ = swept
     monkeypatch.chdir(REPO)
-    job, job_args, target = RunJob(str(REPO)), job_argv(parse_args(argv)), run_dir(work, 1)
+    job, job_args, target = RunJob(str(REPO)), job_options(parse_args(argv)), run_dir(work, 1)
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file() and p.name != ".claim"}
     with claim(target, say=lambda _l: None):
         assert job(job_args, str(target)) == 3
@@ -216,16 +216,15 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
     assert "#SBATCH --kill-on-invalid-dep=yes\n" in runs_sh and "#SBATCH --job-name=kd-digits\n" in runs_sh
     assert re.search(r"#SBATCH --output=.*/jobs/%A_%a_0_log\.out", runs_sh), runs_sh
 
-    # What each array task runs: RunJob(cwd)(argv, run_dir) with the sweep's argv, --no-aggregate, no --cluster.
+    # What each array task runs: RunJob(cwd)(options, run_dir) with the sweep's options, --no-aggregate, no --cluster.
     planned = [str(run.run_dir) for run in plan_sweep(parse_args(sweep_args)).runs]
     assert len(planned) == 4
     for index, expected in enumerate(planned):
         delayed = DelayedSubmission.load(work / "jobs" / f"4243_{index}_submitted.pkl")
         assert isinstance(delayed.function, RunJob) and delayed.function.cwd == os.getcwd()
-        job_argv, job_run_dir = delayed.args
+        parsed, job_run_dir = delayed.args
         assert job_run_dir == expected
-        assert "--no-aggregate" in job_argv and not any(a.startswith(("--cluster", "--wait", "--status")) for a in job_argv)
-        parsed = parse_args(job_argv)
+        assert parsed.no_aggregate and (parsed.cluster, parsed.wait, parsed.status) == (None, False, False)
         assert (parsed.suite, parsed.methods, parsed.seeds, parsed.epochs, parsed.work_dir, parsed.cluster) == ("digits", "kd,dkd", 2, 1, str(work), None)
         marker = json.loads((Path(expected) / "submitted.json").read_text())
         assert (marker["cluster"], marker["job_id"]) == ("slurm", f"4243_{index}")

@@ -521,15 +521,12 @@ def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(tiny_im
 # ---- teachers from files (TeacherStage) --------------------------------------------------------
 
 def _stage(tmp_path, **overrides):
-    import argparse
-
     from benchmark.suites import get_suite
+    from benchmark.sweep.options import SweepOptions
     from benchmark.sweep.teachers import TeacherStage
 
-    args = argparse.Namespace(teachers=None, train_teachers=False, work_dir=str(tmp_path / "w"), epochs=None, device="cpu",
-                              data_root=str(tmp_path / "data"), download=False, num_workers=0, deterministic=False, verbose=False)
-    for key, value in overrides.items():
-        setattr(args, key, value)
+    args = SweepOptions(suite="imagenet", methods="kd", work_dir=str(tmp_path / "w"), device="cpu",
+                        data_root=str(tmp_path / "data"), num_workers=0).replace(**overrides)
     return TeacherStage(get_suite("imagenet"), "unified", args)
 
 

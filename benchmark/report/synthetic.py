@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from benchmark.store.records import STUDENT_ROW, TEACHER_ROW, EpochPoint, RunRecord, write_record
+from benchmark.store.records import RECORD_FILE, STUDENT_ROW, TEACHER_ROW, EpochPoint, RunRecord, write_record
 from methods import METHODS
 
 ENV = {"python": "3.11.9", "torch": "2.13.0", "mmengine": "0.10.7", "torchvision": "0.28.0",
@@ -64,7 +64,7 @@ def write_fast(root: Path, record: RunRecord) -> Path:
     """Like :func:`write` in write_record's format, without the temp file and fsync (bulk test data)."""
     directory = run_dir(root, record)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "record.json"
+    path = directory / RECORD_FILE
     path.write_text(json.dumps(record.to_dict(), indent=1, sort_keys=True, allow_nan=False) + "\n")
     return path
 

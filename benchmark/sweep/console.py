@@ -1,12 +1,9 @@
 """What a sweep prints: the plan, progress with an ETA, durations; its exit codes."""
 from __future__ import annotations
 
-
 from benchmark.store.claims import holder_of
-
 from benchmark.sweep.plan import PlannedRun
 from benchmark.sweep.state import existing_state
-
 
 EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 1, 2, 3
 def format_duration(seconds: float) -> str:

@@ -1,22 +1,21 @@
 """The in-process executor: preflight, the teacher stage, every run under its claim, the closing summary."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 from benchmark.errors import UsageError
 from benchmark.store.claims import claim
-from benchmark.store.records import write_record
-
+from benchmark.store.records import RECORD_FILE, write_record
 from benchmark.sweep.console import EXIT_FAILED, EXIT_HELD, Progress, print_plan, say
+from benchmark.sweep.options import SweepOptions
 from benchmark.sweep.plan import BASELINE, PlannedRun, Sweep, plan_sweep
 from benchmark.sweep.state import existing_state
+from benchmark.sweep.teachers import TeacherInfo
 
 
 def check_writable_dir(path: str, option: str) -> None:
@@ -53,7 +52,7 @@ def preflight(sweep: Sweep) -> None:
         sweep.num_data = sweep.stage.num_train_samples()
     except DatasetNotFoundError as exc:
         problems.append(str(exc))
-    if getattr(args, "sync_bn", False) and (args.nproc == 1 or sweep.stage.device == "cpu"):
+    if args.sync_bn and (args.nproc == 1 or sweep.stage.device == "cpu"):
         problems.append("--sync-bn needs --nproc > 1 on CUDA devices (torch's SyncBatchNorm has no CPU kernels)")
     if sweep.needs_teacher:
         problems.append(sweep.stage.missing_teacher_files(sweep.teacher_names))
@@ -78,9 +77,9 @@ def preflight(sweep: Sweep) -> None:
 
 def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
     """Size of the training split, the teachers ready for use, and those another sweep holds."""
+    from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
     from benchmark.store.claims import ClaimHeld
-    from benchmark.data import DatasetNotFoundError
 
     teachers, held_teachers = {}, {}
     try:
@@ -100,9 +99,9 @@ def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
 def execute_claimed(run: PlannedRun, prefix: str, sweep: Sweep, teachers: dict, held_teachers: dict, num_data: int,
                     progress: "Progress", outcome: SweepOutcome) -> None:
     """One run under its claim; every executor (in-process, local processes, Slurm) comes through here."""
+    from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
     from benchmark.store.claims import ClaimHeld
-    from benchmark.data import DatasetNotFoundError
 
     if run.method != BASELINE and run.pair.teacher in held_teachers:
         say(f"{prefix}: its teacher is held by another sweep ({held_teachers[run.pair.teacher]}); skipped")
@@ -138,7 +137,7 @@ def finish(sweep: Sweep, outcome: SweepOutcome) -> int:
     return 0
 
 
-def run_sweep(args: argparse.Namespace) -> int:
+def run_sweep(args: SweepOptions) -> int:
     """The in-process executor: teachers, then every planned run in turn, then the tables."""
     sweep = plan_sweep(args)
     if args.dry_run:
@@ -155,7 +154,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     return finish(sweep, outcome)
 
 
-def run_single(args: argparse.Namespace, run_dir: str) -> int:
+def run_single(args: SweepOptions, run_dir: str) -> int:
     """Execute the one planned run whose directory is ``run_dir`` (the job of a cluster executor).
 
     The same plan, teacher stage and :func:`execute_claimed` as the in-process sweep; returns
@@ -204,7 +203,7 @@ def print_configs(sweep: Sweep) -> None:
         if run.method != BASELINE:
             name = run.pair.teacher
             path = sweep.stage.community_path(name) or sweep.stage.run_dir(name) / STUDENT_EXPORT
-            teacher = SimpleNamespace(path=str(path), sha256=None, top1=None, source="planned")
+            teacher = TeacherInfo(path=str(path), sha256="", top1=None, source="planned")
         cfg = build_config(run_spec(run, sweep.args, sweep.suite, sweep.stage, teacher), None, check_files=False)
         say(f"# ---- {run.label} -> {run.run_dir}")
         say("# num_data (the training-set size) is counted from the data when the run starts")
@@ -213,8 +212,8 @@ def print_configs(sweep: Sweep) -> None:
 
 def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, num_data: int, progress: "Progress", outcome: SweepOutcome) -> None:
     """One planned run, under its claim: skip, resume or start it, and record the outcome."""
-    from benchmark.store.checkpoints import CheckpointError
     from benchmark.data import DatasetNotFoundError
+    from benchmark.store.checkpoints import CheckpointError
     from benchmark.train import execute, new_record
 
     state, record = existing_state(run)  # read only now that the run is ours
@@ -231,7 +230,7 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
     if state == "interrupted" and not args.resume:
         raise UsageError(f"{run.run_dir} holds an interrupted run; rerun with --resume to continue it")
     if state == "failed":
-        (run.run_dir / "record.json").replace(run.run_dir / "record.failed.json")
+        (run.run_dir / RECORD_FILE).replace(run.run_dir / "record.failed.json")
     teacher = teachers.get(run.pair.teacher) if run.method != BASELINE else None
     spec = run_spec(run, args, suite, stage, teacher)
     resume = state == "interrupted"

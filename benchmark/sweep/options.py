@@ -5,7 +5,12 @@ Rule: argparse lives here and in the scripts only; everything below reads the pa
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
+from dataclasses import dataclass
+from typing import Any
 
+from benchmark.errors import UsageError
 from benchmark.suites import suite_names
 
 DESCRIPTION = """Run a benchmark sweep: teachers, then every (pair, method, seed), then the tables.
@@ -21,7 +26,7 @@ whose loss becomes NaN is recorded as failed; nothing is overwritten silently.
 """
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark/run.py", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", required=True, help=f"benchmark suite ({', '.join(suite_names())})")
     parser.add_argument("--methods", required=True, help="comma list of registered methods, e.g. kd,crd,dkd,ckd")
@@ -72,9 +77,96 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scale.add_argument("--array-parallelism", type=int, default=None, help="at most this many jobs of the array at once")
     scale.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                        help="any other Slurm parameter for the jobs, e.g. --slurm account=abc --slurm qos=high --slurm constraint=a100")
-    args = parser.parse_args(argv)
-    args.dry_run = args.dry_run or args.print_config  # --print-config implies --dry-run
-    return args
+    return parser
 
 
-__all__ = ["DESCRIPTION", "parse_args"]
+@dataclass(frozen=True)
+class SweepOptions:
+    """A parsed command line: the whole description of a sweep, typed and immutable.
+
+    Cluster jobs receive it as it is (submitit pickles it); ``to_argv`` is for printed hints.
+    """
+
+    suite: str
+    methods: str
+    pairs: str | None = None
+    seeds: int = 3
+    recipe: str | None = None
+    epochs: int | None = None
+    batch_sizes: str | None = None
+    data_root: str = "data"
+    download: bool = False
+    teachers: str | None = None
+    train_teachers: bool = False
+    work_dir: str = "work_dirs"
+    tables: str = "tables"
+    reports: str = "reports"
+    no_baseline: bool = False
+    no_aggregate: bool = False
+    resume: bool = True
+    retry_failed: bool = False
+    device: str | None = None
+    num_workers: int | None = None
+    deterministic: bool = False
+    dry_run: bool = False
+    print_config: bool = False
+    verbose: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    tensorboard: bool = False
+    nproc: int = 1
+    sync_bn: bool = False
+    ckd_contrast: str = "global"
+    cluster: str | None = None
+    wait: bool = False
+    status: bool = False
+    partition: str | None = None
+    gpus_per_run: int | None = None
+    cpus_per_run: int | None = None
+    time_limit: int | None = None
+    mem_gb: int | None = None
+    array_parallelism: int | None = None
+    slurm: tuple[str, ...] = ()
+
+    def replace(self, **changes: Any) -> "SweepOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_argv(self, **overrides: Any) -> list[str]:
+        """The argv that parses back to these options (with ``overrides``); defaults are left out.
+
+        Checked by parsing it again, so a printed command means exactly this sweep.
+        """
+        values = dataclasses.asdict(self.replace(**overrides))
+        defaults = dataclasses.asdict(parse_args(["--suite", self.suite, "--methods", self.methods]))
+        argv: list[str] = []
+        for key, value in values.items():
+            flag = "--" + key.replace("_", "-")
+            if (key not in ("suite", "methods") and value == defaults[key]) or value is None:
+                continue
+            if value is True:
+                argv.append(flag)
+            elif value is False:
+                argv.append("--no-" + key.replace("_", "-"))  # BooleanOptionalAction (--resume)
+            elif isinstance(value, (list, tuple)):
+                argv += [f"{flag}={item}" for item in value]
+            else:
+                argv.append(f"{flag}={value}")
+        try:
+            parsed = dataclasses.asdict(parse_args(argv))
+        except SystemExit:
+            raise UsageError(f"cannot write this command line out: {shlex.join(argv)}") from None
+        differ = sorted(key for key in values if parsed[key] != values[key])
+        if differ:
+            raise UsageError(f"cannot write option(s) {', '.join(differ)} out as a command line")
+        return argv
+
+
+def parse_args(argv: list[str] | None) -> SweepOptions:
+    """The sweep that ``argv`` describes (``--print-config`` implies ``--dry-run``)."""
+    values = vars(build_parser().parse_args(argv))
+    values["slurm"] = tuple(values["slurm"])
+    values["dry_run"] = values["dry_run"] or values["print_config"]
+    return SweepOptions(**values)
+
+
+__all__ = ["DESCRIPTION", "SweepOptions", "build_parser", "parse_args"]

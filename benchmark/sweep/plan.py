@@ -1,13 +1,11 @@
 """The plan of a sweep: which (pair, method, batch size, seed) runs, with which resolved recipe, where."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import UsageError
-
-
+from benchmark.sweep.options import SweepOptions
 
 BASELINE = "ce"
 
@@ -34,7 +32,7 @@ def _split(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
-def resolve_plan(args: argparse.Namespace):
+def resolve_plan(args: SweepOptions):
     """Validate the command line and list the runs; raises UsageError with one line."""
     import methods
     from benchmark.suites import UnknownSuiteError, get_suite, variant_name
@@ -82,9 +80,9 @@ def resolve_plan(args: argparse.Namespace):
     return suite, recipe, pairs, runs
 
 
-def with_world_size(resolved, args: argparse.Namespace):
+def with_world_size(resolved, args: SweepOptions):
     """The recipe as run on ``--nproc`` processes: the batch stays global; CKD's contrast is stated."""
-    nproc = getattr(args, "nproc", 1)
+    nproc = args.nproc
     if nproc == 1:
         return resolved
     batch = resolved.schedule.batch_size
@@ -107,12 +105,12 @@ def with_world_size(resolved, args: argparse.Namespace):
     return ResolvedRecipe(resolved.name, resolved.schedule, method, resolved.notes + notes, dict(resolved.options))
 
 
-def with_options(resolved, args: argparse.Namespace):
+def with_options(resolved, args: SweepOptions):
     """--amp (bf16 autocast) and --channels-last: recorded in the recipe, so they are part of the run's identity."""
     options = dict(resolved.options)
-    if getattr(args, "amp", False):
+    if args.amp:
         options["amp"] = "bfloat16"
-    if getattr(args, "channels_last", False):
+    if args.channels_last:
         options["channels_last"] = True
     if options == resolved.options:
         return resolved
@@ -125,7 +123,7 @@ def with_options(resolved, args: argparse.Namespace):
 class Sweep:
     """A resolved command line: the suite, its recipe, pairs and planned runs, the teacher stage."""
 
-    args: argparse.Namespace
+    args: SweepOptions
     suite: object
     recipe: str
     pairs: list
@@ -142,7 +140,7 @@ class Sweep:
         return any(run.method != BASELINE for run in self.runs)
 
 
-def plan_sweep(args: argparse.Namespace) -> Sweep:
+def plan_sweep(args: SweepOptions) -> Sweep:
     from benchmark.sweep.teachers import TeacherStage
 
     suite, recipe, pairs, runs = resolve_plan(args)

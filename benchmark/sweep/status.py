@@ -1,17 +1,16 @@
 """The state of every planned run from its directory and the scheduler: ``--status``, and what submission skips."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-
-
+from benchmark.store.records import RECORD_FILE
 from benchmark.sweep.cluster.base import RUNNING, say
 from benchmark.sweep.cluster.markers import Marker, read_marker
 from benchmark.sweep.cluster.scheduler import SchedulerView
-
+from benchmark.sweep.options import SweepOptions
+from benchmark.sweep.state import read_state
 
 # --------------------------------------------------------------------------- the state of one run
 
@@ -68,7 +67,7 @@ def assess(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerView) ->
     The record is read before the claim is looked at: a record that changed meanwhile (the run
     just started, or just ended) is read again, so an ending run is never taken for a lost one.
     """
-    path = run_dir / "record.json"
+    path = run_dir / RECORD_FILE
     for _attempt in range(5):
         before = _signature(path)
         assessment = _assess_once(run_dir, recipe_hash, epochs, view)
@@ -78,29 +77,21 @@ def assess(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerView) ->
 
 
 def _assess_once(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerView) -> Assessment:
-    from benchmark.store.claims import holder_of
-    from benchmark.store.records import RecordError, read_record
     from benchmark.sweep.console import format_duration
 
-    record = None
-    path = run_dir / "record.json"
-    if path.exists():
-        try:
-            record = read_record(path)
-        except RecordError as exc:
-            return Assessment("refused", f"cannot trust {path} ({exc}); move it away to run again")
-        if record.recipe_hash != recipe_hash:
-            return Assessment("refused", f"{run_dir} holds a run of another recipe (hash {record.recipe_hash}, now {recipe_hash}); "
-                                         f"use another --work-dir")
+    state = read_state(run_dir, recipe_hash, with_claim=True)
+    if state.kind == "refused":
+        return Assessment("refused", state.problem)
+    record, path = state.record, run_dir / RECORD_FILE
     done = len(record.curve) if record else 0
     total = record.epochs if record else epochs
     wall = record.wall_time_s if record else None
-    marker = read_marker(run_dir)
+    marker = state.marker
     common = dict(record=record, marker=marker, epochs=total, epochs_done=done, wall_s=wall)
     if record is not None and record.status == "completed":
         best = f" (best {record.best_value():.2f} at epoch {record.best_epoch})" if record.best_epoch else ""
         return Assessment("completed", f"{record.metric_text()}{best}", **common)
-    holder = holder_of(run_dir)
+    holder = state.holder
     job = f"{marker.describe()}, " if marker else ""
     if holder:
         if record is not None and record.curve:
@@ -209,7 +200,7 @@ def _totals(assessments: list[Assessment]) -> str:
     return text + (f" ({refused} of the failed refused: unusable records)" if refused else "")
 
 
-def print_status(args: argparse.Namespace) -> int:
+def print_status(args: SweepOptions) -> int:
     """``--status``: every planned run's state from the run directories (and the scheduler when it answers)."""
     from benchmark.sweep.console import format_duration
     from benchmark.sweep.plan import plan_sweep

@@ -9,7 +9,6 @@ every run). Either way the teacher gets a run record with method ``teacher``.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,12 +19,18 @@ from mmengine.dataset import default_collate
 from mmengine.registry import DATASETS, MODELS
 from torch.utils.data import DataLoader
 
-from benchmark.store.claims import ClaimHeld, claim
-from benchmark.store.checkpoints import CheckpointError, load_community_checkpoint, sha256_of
-from benchmark.models import build_model
-from benchmark.store.records import TEACHER_ROW, RecordError, read_record, write_record
 from benchmark.errors import UsageError
+from benchmark.models import build_model
+from benchmark.store.checkpoints import (
+    CheckpointError,
+    load_community_checkpoint,
+    sha256_of,
+)
+from benchmark.store.claims import ClaimHeld, claim
+from benchmark.store.records import RECORD_FILE, TEACHER_ROW, RecordError, read_record, write_record
+from benchmark.sweep.state import read_state
 from benchmark.suites import Pair, Suite, variant_name
+from benchmark.sweep.options import SweepOptions
 
 TEACHER_SEED = 0
 
@@ -77,7 +82,7 @@ def evaluate_top1(model: torch.nn.Module, suite: Suite, data_root: str, device: 
 
 
 class TeacherStage:
-    def __init__(self, suite: Suite, recipe: str, args: argparse.Namespace) -> None:
+    def __init__(self, suite: Suite, recipe: str, args: SweepOptions) -> None:
         self.suite, self.recipe, self.args = suite, recipe, args
         self.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.root = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, None) / "teachers"
@@ -97,7 +102,7 @@ class TeacherStage:
         return next((path for path in self.expected_files(name) if path.is_file()), None)
 
     def trained_before(self, name: str) -> bool:
-        return (self.run_dir(name) / "record.json").exists()
+        return (self.run_dir(name) / RECORD_FILE).exists()
 
     def may_train(self, name: str) -> bool:
         """Whether a teacher without a file may be trained (or reused from an earlier training).
@@ -106,7 +111,7 @@ class TeacherStage:
         depend on it); suites that do not train teachers by default (ImageNet) need
         --train-teachers; --train-teachers always allows it.
         """
-        if getattr(self.args, "train_teachers", False):
+        if self.args.train_teachers:
             return True
         if self.args.teachers:
             return False
@@ -119,7 +124,7 @@ class TeacherStage:
         found = self.community_path(name)
         if found:
             return f"checkpoint {found} (evaluated on the test split)"
-        record = self.run_dir(name) / "record.json"
+        record = self.run_dir(name) / RECORD_FILE
         if record.exists():
             return f"trained before, {record.parent}"
         epochs = self._recipe(name).schedule.epochs
@@ -191,7 +196,7 @@ class TeacherStage:
 
         run_dir = self.run_dir(name)
         try:
-            record = read_record(run_dir / "record.json")
+            record = read_record(run_dir / RECORD_FILE)
         except RecordError:
             return None  # absent, or to be judged (and reported) under the claim
         path = run_dir / STUDENT_EXPORT
@@ -205,7 +210,7 @@ class TeacherStage:
         digest = sha256_of(path)
         run_dir = self.run_dir(name)
         try:
-            record = read_record(run_dir / "record.json")
+            record = read_record(run_dir / RECORD_FILE)
             if record.teacher_checkpoint_sha256 == digest and record.status == "completed":
                 return TeacherInfo(str(path), digest, record.last_value(), COMMUNITY)
         except RecordError:
@@ -239,21 +244,16 @@ class TeacherStage:
         spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, recipe, TEACHER_SEED, run_dir,
                        data_root=self.args.data_root, device=self.device, num_workers=self.args.num_workers,
                        deterministic=self.args.deterministic, log_level="INFO" if self.args.verbose else "ERROR",
-                       tensorboard=getattr(self.args, "tensorboard", False))
-        record, resume = None, False
-        if (run_dir / "record.json").exists():
-            try:
-                record = read_record(run_dir / "record.json")
-            except RecordError as exc:
-                raise UsageError(f"cannot trust the teacher record {run_dir / 'record.json'} ({exc}); move it away") from None
-            if record.recipe_hash != recipe.hash:
-                raise UsageError(f"{run_dir} holds a teacher of another recipe (hash {record.recipe_hash}, now {recipe.hash})")
-            if record.status == "completed":
-                path = run_dir / STUDENT_EXPORT
-                return TeacherInfo(str(path), sha256_of(path), record.last_value(), TRAINED)
-            if record.status == "failed":
-                raise UsageError(f"teacher {name} failed to train ({record.failure}); see {run_dir}")
-            resume = True
+                       tensorboard=self.args.tensorboard)
+        state = read_state(run_dir, recipe.hash)
+        if state.kind == "refused":
+            raise UsageError(f"teacher {name}: {state.problem}")
+        if state.kind == "completed":
+            path = run_dir / STUDENT_EXPORT
+            return TeacherInfo(str(path), sha256_of(path), state.record.last_value(), TRAINED)
+        if state.kind == "failed":
+            raise UsageError(f"teacher {name} failed to train ({state.record.failure}); see {run_dir}")
+        record, resume = state.record, state.kind == "interrupted"
         if record is None or not resume:
             record = new_record(spec)
         say(f"teacher {name}: {'resuming' if resume else 'training'} ({recipe.schedule.epochs} epochs, CE) in {run_dir}")

@@ -1,16 +1,20 @@
 """The executors: Slurm job arrays through submitit, or submitit's local processes."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shlex
 from pathlib import Path
 
-
 from benchmark.errors import UsageError
-
-from benchmark.sweep.cluster.base import DEFAULT_TIME_LIMIT_MIN, JOBS_DIR, LOCAL_TIMEOUT_MIN, MAX_TIMEOUTS, SIGNAL_DELAY_S
+from benchmark.sweep.cluster.base import (
+    DEFAULT_TIME_LIMIT_MIN,
+    JOBS_DIR,
+    LOCAL_TIMEOUT_MIN,
+    MAX_TIMEOUTS,
+    SIGNAL_DELAY_S,
+)
+from benchmark.sweep.options import SweepOptions
 
 
 def _parse_slurm_options(pairs: list[str]) -> tuple[dict, dict]:
@@ -50,7 +54,7 @@ def _parse_slurm_options(pairs: list[str]) -> tuple[dict, dict]:
     return params, extra
 
 
-def _check_resources(args: argparse.Namespace) -> None:
+def _check_resources(args: SweepOptions) -> None:
     for option, value, least in (("--gpus-per-run", args.gpus_per_run, 0), ("--cpus-per-run", args.cpus_per_run, 1),
                                  ("--time-limit", args.time_limit, 1), ("--mem-gb", args.mem_gb, 1),
                                  ("--array-parallelism", args.array_parallelism, 1)):
@@ -78,7 +82,7 @@ def _repo_on_pythonpath():
 class SlurmBackend:
     name = "slurm"
 
-    def __init__(self, args: argparse.Namespace, sweep) -> None:
+    def __init__(self, args: SweepOptions, sweep) -> None:
         self.args, self.sweep = args, sweep
         self.folder = Path(args.work_dir).absolute() / JOBS_DIR
         self.gpus = args.gpus_per_run if args.gpus_per_run is not None else (0 if args.device == "cpu" else args.nproc)
@@ -150,7 +154,7 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, args: argparse.Namespace, sweep) -> None:
+    def __init__(self, args: SweepOptions, sweep) -> None:
         import torch
 
         self.args, self.sweep = args, sweep

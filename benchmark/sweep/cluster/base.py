@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import os
 
-
-
-
 MARKER_FILE = "submitted.json"
 JOBS_DIR = "jobs"  # under --work-dir: submitit's pickles, sbatch files and job logs (<job id>_0_log.out)
 SIGNAL_DELAY_S = 90  # USR2 this long before the time limit: checkpoint() requeues the job

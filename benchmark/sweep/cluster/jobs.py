@@ -1,7 +1,6 @@
 """The submitit jobs (one per run, one per teacher to train) and the command lines they re-parse."""
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import socket
@@ -12,76 +11,32 @@ from typing import Callable
 from submitit.helpers import Checkpointable
 
 from benchmark.errors import UsageError
-
+from benchmark.store.records import RECORD_FILE
 from benchmark.sweep.cluster.base import poll_seconds, say
+from benchmark.sweep.options import SweepOptions, parse_args
 
 
-def _defaults(args: argparse.Namespace) -> dict:
-    from benchmark.sweep.options import parse_args
-
-    return vars(parse_args(["--suite", str(args.suite), "--methods", str(args.methods)]))
-
-
-def command_line(args: argparse.Namespace, **overrides) -> list[str]:
-    """The argv that parses back to ``args`` (with ``overrides``), options at their default left out.
-
-    Rebuilt from the parsed namespace (benchmark/run.py hands this module only that) and checked
-    by parsing it again: a job re-parses exactly the sweep its submitter planned.
-    """
-    from benchmark.sweep.options import parse_args
-
-    defaults = _defaults(args)
-    values = {key: getattr(args, key, defaults[key]) for key in defaults}
-    values.update(overrides)
-    argv: list[str] = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if key not in ("suite", "methods") and value == defaults[key]:
-            continue
-        if value is None:
-            continue
-        if value is True:
-            argv.append(flag)
-        elif value is False:
-            argv.append("--no-" + key.replace("_", "-"))  # BooleanOptionalAction (a store_true default is False: left out)
-        elif isinstance(value, (list, tuple)):
-            argv += [f"{flag}={item}" for item in value]
-        else:
-            argv.append(f"{flag}={value}")
-    try:
-        parsed = vars(parse_args(argv))
-    except SystemExit:
-        raise UsageError(f"cannot pass this command line on to the jobs: {shlex.join(argv)}") from None
-    differ = sorted(key for key in values if parsed.get(key) != values[key])
-    if differ:
-        raise UsageError(f"cannot pass option(s) {', '.join(differ)} on to the jobs")
-    return argv
+def job_options(options: SweepOptions) -> SweepOptions:
+    """What every job runs: the sweep's options with --no-aggregate and no --cluster/--wait/--status."""
+    return options.replace(cluster=None, wait=False, status=False, dry_run=False, print_config=False, no_aggregate=True)
 
 
-def job_argv(args: argparse.Namespace) -> list[str]:
-    """What every job re-parses: the sweep's command line, with --no-aggregate and no --cluster."""
-    return command_line(args, cluster=None, wait=False, status=False, dry_run=False, no_aggregate=True)
-
-
-def status_command(args: argparse.Namespace) -> str:
+def status_command(options: SweepOptions) -> str:
+    """The --status command of this sweep, to print (the scheduler's resources left out)."""
     resources = dict(partition=None, gpus_per_run=None, cpus_per_run=None, time_limit=None, mem_gb=None,
-                     array_parallelism=None, slurm=[])
-    argv = command_line(args, cluster=None, wait=False, status=True, dry_run=False, **resources)
+                     array_parallelism=None, slurm=())
+    argv = options.to_argv(cluster=None, wait=False, status=True, dry_run=False, print_config=False, **resources)
     return "python benchmark/run.py " + shlex.join(argv)
 
 
-def _job_args(argv: list[str]) -> argparse.Namespace:
+def _job_options(options: SweepOptions | list[str]) -> SweepOptions:
+    """The job's options; an argv list is what jobs queued before SweepOptions existed received."""
     import warnings
 
-    from benchmark.sweep.options import parse_args
-
     warnings.filterwarnings("ignore", category=UserWarning, module="mmengine")
-    args = parse_args(list(argv) + ["--no-aggregate"])
-    args.cluster, args.wait, args.status, args.dry_run, args.no_aggregate = None, False, False, False, True
-    return args
-
-
-# --------------------------------------------------------------------------- the jobs
+    if not isinstance(options, SweepOptions):
+        options = parse_args(list(options) + ["--no-aggregate"])
+    return job_options(options)
 
 
 def _this_job_id() -> str:
@@ -94,9 +49,9 @@ def _this_job_id() -> str:
 
 
 class RunJob(Checkpointable):
-    """One planned run as a submitit job: ``RunJob(cwd)(argv, run_dir)``.
+    """One planned run as a submitit job: ``RunJob(cwd)(options, run_dir)``.
 
-    Re-parses the sweep's argv and calls :func:`benchmark.sweep.in_process.run_single` — the function
+    With the sweep's :class:`SweepOptions`, calls :func:`benchmark.sweep.in_process.run_single` — the function
     every executor uses — in the submitter's working directory (relative paths mean the same).
     Returns its exit code: 0 completed (or done before), 1 failed, 3 held by another process.
     """
@@ -104,15 +59,15 @@ class RunJob(Checkpointable):
     def __init__(self, cwd: str) -> None:
         self.cwd = cwd
 
-    def __call__(self, argv: list[str], run_dir: str) -> int:
+    def __call__(self, options: SweepOptions, run_dir: str) -> int:
         from benchmark.store.claims import holder_of
         from benchmark.store.records import read_record
         from benchmark.sweep.console import EXIT_HELD as HELD
-        from benchmark.sweep.plan import plan_sweep
         from benchmark.sweep.in_process import run_single
+        from benchmark.sweep.plan import plan_sweep
 
         os.chdir(self.cwd)
-        args = _job_args(argv)
+        args = _job_options(options)
         say(f"job {_this_job_id()} on {socket.gethostname()}: {run_dir}")
         waited = False
         for _attempt in range(100):
@@ -126,7 +81,7 @@ class RunJob(Checkpointable):
             holder = holder_of(run_dir)
             if holder:  # another job executes it: never twice
                 return code
-            record = Path(run_dir) / "record.json"
+            record = Path(run_dir) / RECORD_FILE
             if record.exists() and read_record(record).status == "completed":
                 return 0
             # Not the run but its teacher was held (another job checking it, or a sweep training
@@ -143,14 +98,14 @@ class RunJob(Checkpointable):
         say(f"{run_dir}: its teacher stayed busy; giving up (submit again)")
         return HELD
 
-    def checkpoint(self, argv: list[str], run_dir: str):  # noqa: D401 (submitit's hook)
+    def checkpoint(self, options: SweepOptions, run_dir: str):  # noqa: D401 (submitit's hook)
         """Time limit or preemption: requeue this job unchanged; it resumes from the last epoch checkpoint."""
         say(f"checkpoint: requeueing {run_dir}; it resumes from its newest epoch checkpoint")
-        return super().checkpoint(argv, run_dir)
+        return super().checkpoint(options, run_dir)
 
 
 class TeacherJob(Checkpointable):
-    """The teacher stage of a Slurm sweep: ``TeacherJob(cwd)(argv, name)`` trains (or resumes) one teacher.
+    """The teacher stage of a Slurm sweep: ``TeacherJob(cwd)(options, name)`` trains (or resumes) one teacher.
 
     It fails (and so cancels the runs that depend on it) when the teacher cannot be trained.
     """
@@ -158,28 +113,28 @@ class TeacherJob(Checkpointable):
     def __init__(self, cwd: str) -> None:
         self.cwd = cwd
 
-    def __call__(self, argv: list[str], name: str) -> float:
-        from benchmark.sweep.plan import plan_sweep
+    def __call__(self, options: SweepOptions, name: str) -> float:
         from benchmark.sweep.in_process import preflight
+        from benchmark.sweep.plan import plan_sweep
 
         os.chdir(self.cwd)
-        args = _job_args(argv)
+        args = _job_options(options)
         sweep = plan_sweep(args)
         sweep.pairs = [p for p in sweep.pairs if p.teacher == name]
         preflight(sweep)
         info = ensure_teacher(sweep.stage, name, say)
         return info.top1
 
-    def checkpoint(self, argv: list[str], name: str):
+    def checkpoint(self, options: SweepOptions, name: str):
         say(f"checkpoint: requeueing teacher {name}; it resumes from its newest epoch checkpoint")
-        return super().checkpoint(argv, name)
+        return super().checkpoint(options, name)
 
 
 def ensure_teacher(stage, name: str, say: Callable[[str], object]):
     """``stage.ensure(name)``, waiting while another process holds the teacher (then it is done, or ours)."""
+    from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
     from benchmark.store.claims import ClaimHeld
-    from benchmark.data import DatasetNotFoundError
 
     announced = False
     while True:

@@ -8,10 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-
 from benchmark.sweep.cluster.base import MARKER_FILE
-
 
 # --------------------------------------------------------------------------- submission markers
 

@@ -8,9 +8,13 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-
-
-from benchmark.sweep.cluster.base import FRESH_SUBMISSION_S, LIVE_STATES, PENDING, RUNNING, SCHEDULER_TIMEOUT_S
+from benchmark.sweep.cluster.base import (
+    FRESH_SUBMISSION_S,
+    LIVE_STATES,
+    PENDING,
+    RUNNING,
+    SCHEDULER_TIMEOUT_S,
+)
 from benchmark.sweep.cluster.markers import Marker
 
 

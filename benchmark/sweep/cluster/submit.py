@@ -1,21 +1,47 @@
 """Submission: every run that is neither completed nor held by a live job, once; --wait; the end of a cluster sweep."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
-
 from benchmark.errors import UsageError
-
-from benchmark.sweep.cluster.backends import LocalBackend, SlurmBackend, _check_resources, _job_log, _parse_slurm_options
-from benchmark.sweep.cluster.base import EXIT_FAILED, JOBS_DIR, MARKER_FILE, poll_seconds, say
-from benchmark.sweep.cluster.jobs import RunJob, TeacherJob, ensure_teacher, job_argv, status_command
+from benchmark.sweep.cluster.backends import (
+    LocalBackend,
+    SlurmBackend,
+    _check_resources,
+    _job_log,
+    _parse_slurm_options,
+)
+from benchmark.sweep.cluster.base import (
+    EXIT_FAILED,
+    JOBS_DIR,
+    MARKER_FILE,
+    poll_seconds,
+    say,
+)
+from benchmark.sweep.cluster.jobs import (
+    RunJob,
+    TeacherJob,
+    ensure_teacher,
+    job_options,
+    status_command,
+)
 from benchmark.sweep.cluster.markers import read_marker, write_marker
 from benchmark.sweep.cluster.scheduler import SchedulerView
-from benchmark.sweep.status import Assessment, KINDS, Row, _seconds_per_epoch, _view_for, assess, print_status, run_rows, teacher_rows
+from benchmark.sweep.options import SweepOptions
+from benchmark.sweep.status import (
+    KINDS,
+    Assessment,
+    Row,
+    _seconds_per_epoch,
+    _view_for,
+    assess,
+    print_status,
+    run_rows,
+    teacher_rows,
+)
 
 
 def _classify_for_submission(rows: list[Row], view: SchedulerView, args) -> tuple[list[Row], dict[str, list[str]], list[str]]:
@@ -48,10 +74,10 @@ def _skipped_text(skipped: dict[str, list[str]]) -> str:
     return ", ".join(f"{len(skipped[k])} {k}" for k in order if k in skipped)
 
 
-def _prepare(args: argparse.Namespace):
-    from benchmark.sweep.plan import plan_sweep
-    from benchmark.sweep.in_process import preflight, print_configs
+def _prepare(args: SweepOptions):
     from benchmark.sweep.console import print_plan
+    from benchmark.sweep.in_process import preflight, print_configs
+    from benchmark.sweep.plan import plan_sweep
 
     _check_resources(args)
     if args.cluster == "slurm":
@@ -68,7 +94,7 @@ def _prepare(args: argparse.Namespace):
     return sweep
 
 
-def submit_sweep(args: argparse.Namespace) -> int:
+def submit_sweep(args: SweepOptions) -> int:
     """``--cluster local|slurm``: submit every run that is neither completed nor held by a live job."""
     sweep = _prepare(args)
     teachers, runs = teacher_rows(sweep), run_rows(sweep)
@@ -81,8 +107,8 @@ def submit_sweep(args: argparse.Namespace) -> int:
     if refused:  # before anything is trained or submitted
         raise UsageError(refused[0])
     backend = SlurmBackend(args, sweep) if args.cluster == "slurm" else LocalBackend(args, sweep)
-    argv, cwd = job_argv(args), os.getcwd()
-    dependency = _teacher_stage(backend, sweep, teachers, argv, cwd)
+    job_opts, cwd = job_options(args), os.getcwd()
+    dependency = _teacher_stage(backend, sweep, teachers, job_opts, cwd)
 
     take, skipped, refused = _classify_for_submission(runs, _view_for(runs), args)  # again: the teacher stage took time
     if refused:
@@ -91,7 +117,7 @@ def submit_sweep(args: argparse.Namespace) -> int:
     if not take:
         say(f"nothing to submit: {_skipped_text(skipped) or 'no runs'}")
     elif isinstance(backend, SlurmBackend):
-        jobs = backend.submit(RunJob(cwd), [(argv, str(row.run_dir)) for row in take], f"kd-{sweep.suite.name}", dependency)
+        jobs = backend.submit(RunJob(cwd), [(job_opts, str(row.run_dir)) for row in take], f"kd-{sweep.suite.name}", dependency)
         for row, job in zip(take, jobs):
             write_marker(row.run_dir, "slurm", job.job_id, _job_log(backend.folder, job.job_id))
         array = jobs[0].job_id.split("_")[0]
@@ -102,7 +128,7 @@ def submit_sweep(args: argparse.Namespace) -> int:
             say(f"not submitted: {_skipped_text(skipped)}")
     else:
         queue = list(take)
-        submitted = _local_fill(backend, queue, argv, cwd, args)
+        submitted = _local_fill(backend, queue, job_opts, cwd, args)
         say(f"submitted {len(submitted)} run(s) as local job(s) {', '.join(submitted) or '-'} ({backend.describe()})")
         if skipped:
             say(f"not submitted: {_skipped_text(skipped)}")
@@ -113,10 +139,10 @@ def submit_sweep(args: argparse.Namespace) -> int:
     if not args.wait:
         say(f"logs in {Path(args.work_dir) / JOBS_DIR}/; watch with: {status_command(args)}")
         return 0
-    return _wait(args, sweep, backend, teachers, runs, queue, argv, cwd)
+    return _wait(args, sweep, backend, teachers, runs, queue, job_opts, cwd)
 
 
-def _teacher_stage(backend, sweep, teachers: list[Row], argv: list[str], cwd: str) -> str | None:
+def _teacher_stage(backend, sweep, teachers: list[Row], job_opts: SweepOptions, cwd: str) -> str | None:
     """Local: ensure every teacher here, now. Slurm: the dependency the runs' array needs, submitting teacher jobs."""
     if not teachers:
         return None
@@ -143,7 +169,7 @@ def _teacher_stage(backend, sweep, teachers: list[Row], argv: list[str], cwd: st
             continue
         needed.append(row)
     if needed:
-        jobs = backend.submit(TeacherJob(cwd), [(argv, row.teacher) for row in needed], f"kd-{sweep.suite.name}-teachers")
+        jobs = backend.submit(TeacherJob(cwd), [(job_opts, row.teacher) for row in needed], f"kd-{sweep.suite.name}-teachers")
         for row, job in zip(needed, jobs):
             write_marker(row.run_dir, "slurm", job.job_id, _job_log(backend.folder, job.job_id), role="teacher")
             depends.append(job.job_id)
@@ -151,7 +177,7 @@ def _teacher_stage(backend, sweep, teachers: list[Row], argv: list[str], cwd: st
     return "afterok:" + ":".join(depends) if depends else None
 
 
-def _local_fill(backend: LocalBackend, queue: list[Row], argv: list[str], cwd: str, args) -> list[str]:
+def _local_fill(backend: LocalBackend, queue: list[Row], job_opts: SweepOptions, cwd: str, args: SweepOptions) -> list[str]:
     """Submit queued runs into free local slots, each checked again just before (never twice)."""
     submitted = []
     for slot in backend.free_slots():
@@ -160,7 +186,7 @@ def _local_fill(backend: LocalBackend, queue: list[Row], argv: list[str], cwd: s
             a = row.assess(SchedulerView())
             if not a.submittable or (a.kind == "failed" and not args.retry_failed):
                 continue  # taken meanwhile (another submission) or done: nothing to do here
-            job = backend.submit_one(slot, RunJob(cwd), (argv, str(row.run_dir)))
+            job = backend.submit_one(slot, RunJob(cwd), (job_opts, str(row.run_dir)))
             write_marker(row.run_dir, "local", job.job_id, _job_log(backend.folder, job.job_id))
             submitted.append(job.job_id)
             break
@@ -197,7 +223,7 @@ class LiveLine:
         self.last = ""
 
 
-def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: list[Row], argv: list[str], cwd: str) -> int:
+def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: list[Row], job_opts: SweepOptions, cwd: str) -> int:
     """``--wait``: one live progress line until every run has ended, then the tables."""
     from benchmark.sweep.console import format_duration
 
@@ -208,7 +234,7 @@ def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: lis
         if isinstance(backend, LocalBackend):
             backend.free_slots()  # reaps the jobs that have ended
         if isinstance(backend, LocalBackend) and queue:
-            for job_id in _local_fill(backend, queue, argv, cwd, args):
+            for job_id in _local_fill(backend, queue, job_opts, cwd, args):
                 line.event(f"submitted local job {job_id}")
         view = _view_for(teachers + runs)
         assessed = [(row, row.assess(view)) for row in runs]
@@ -260,4 +286,4 @@ def _finish(args, assessed: list[Assessment]) -> int:
 
 
 __all__ = ["RunJob", "TeacherJob", "submit_sweep", "print_status", "assess", "read_marker", "write_marker",
-           "SchedulerView", "job_argv", "status_command", "MARKER_FILE", "JOBS_DIR"]
+           "SchedulerView", "job_options", "status_command", "MARKER_FILE", "JOBS_DIR"]
