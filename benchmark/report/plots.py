@@ -26,7 +26,7 @@ from benchmark.store.atomic import atomic_path
 from benchmark.store.records import STUDENT_ROW, TEACHER_ROW
 
 from .load import RUNTIME_KEYS
-from .tables import ARROW, METHOD_ORDER, Pair, SuiteTable, display_name, method_sort_key, safe_name
+from .model import ARROW, METHOD_ORDER, PairKey, SuiteTable, display_name, method_sort_key, safe_name
 
 RC = {
     "svg.hashsalt": "kd-repro-bench",  # deterministic ids in the SVG
@@ -100,7 +100,7 @@ def save(fig: Figure, reports_dir: Path, stem: str) -> list[Path]:
     return [png, svg]
 
 
-def _pair_title(pair: Pair) -> str:
+def _pair_title(pair: PairKey) -> str:
     return f"{pair[0]} {ARROW} {pair[1]}"
 
 

@@ -41,8 +41,9 @@ from scipy.stats import t as student_t
 
 from benchmark.store.records import TEACHER_ROW
 
-if TYPE_CHECKING:  # tables.py imports this module: no runtime import back
-    from .tables import Cell, Pair, Row, SuiteTable
+if TYPE_CHECKING:  # build.py and render.py import this module: no runtime import back
+    from .model import Cell, Row, SuiteTable
+    from .model import PairKey as Pair
 
 REPRODUCED, BELOW, ABOVE, INCONCLUSIVE, TOO_FEW = "reproduced", "below", "above", "inconclusive", "too few seeds"
 NOT_APPLICABLE = "–"  # teacher rows and § cells (another teacher than the published one)
