@@ -1,6 +1,6 @@
 """Aggregation of run records into paper-style tables, plots and an index.
 
-The entry point is :func:`benchmark.aggregate.aggregate` (and its CLI); this
+The entry point is :func:`benchmark.report.aggregate.aggregate` (and its CLI); this
 package holds the pieces:
 
 - :mod:`.load`: find and read ``record.json`` files, skip and count what cannot be used;

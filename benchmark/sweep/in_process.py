@@ -123,7 +123,7 @@ def finish(sweep: Sweep, outcome: SweepOutcome) -> int:
     """Tables and the closing summary; the exit code says what happened."""
     args = sweep.args
     if not args.no_aggregate:
-        from benchmark.aggregate import aggregate
+        from benchmark.report.aggregate import aggregate
 
         summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
         say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")

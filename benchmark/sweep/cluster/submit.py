@@ -275,7 +275,7 @@ def _finish(args, assessed: list[Assessment]) -> int:
     lost = sum(a.kind == "lost" for a in assessed)
     not_run = len(assessed) - completed - failed - lost
     if not args.no_aggregate:
-        from benchmark.aggregate import aggregate
+        from benchmark.report.aggregate import aggregate
 
         summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
         say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
