@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.errors import UsageError
 from benchmark.store.claims import holder_of
 from benchmark.store.records import RECORD_FILE, RecordError, RunRecord, read_record
 from benchmark.sweep.cluster.markers import Marker, read_marker
-from benchmark.sweep.plan import PlannedRun
+
+if TYPE_CHECKING:  # plan.py reaches this module through the teacher stage: no runtime import back
+    from benchmark.sweep.plan import PlannedRun
 
 
 @dataclass
