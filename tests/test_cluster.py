@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 RUN_PY = str(REPO / "benchmark" / "run.py")
 FAKE_SLURM = REPO / "tests" / "fake_slurm"
 PAIR = "small_cnn_w32-small_cnn_w8"
+# One worker under pytest-xdist (tox -e py runs -n 2 --dist loadgroup): the module-scoped sweep is
+# computed once and shared by four tests.
+pytestmark = pytest.mark.xdist_group("cluster")
 BASE = ["--suite", "digits", "--methods", "kd", "--epochs", "2", "--no-baseline", "--no-aggregate"]
 
 

@@ -137,6 +137,10 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+# The tests on `runs` share one two-process launch: one worker under pytest-xdist (--dist loadgroup).
+same_launch = pytest.mark.xdist_group("ddp-runs")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import torch.multiprocessing as mp
@@ -154,6 +158,7 @@ def runs(tmp_path_factory):
     return one, two
 
 
+@same_launch
 @pytest.mark.parametrize("name", ["kd", "dkd", "fitnet", "crd", "ckd"])
 def test_two_processes_equal_one_over_the_global_batch(name, runs):
     one, two = runs
@@ -167,6 +172,7 @@ def test_two_processes_equal_one_over_the_global_batch(name, runs):
     assert moved > 1e-3  # the steps did something, so agreement is not trivial
 
 
+@same_launch
 def test_crd_banks_and_z_are_one_bank_across_ranks(runs):
     one, two = runs
     memory = [k for k in one["crd"]["state"] if "memory" in k]
@@ -178,6 +184,7 @@ def test_crd_banks_and_z_are_one_bank_across_ranks(runs):
     assert params[2] > 0 and params[3] > 0  # Z estimated (from the global batch)
 
 
+@same_launch
 def test_ckd_local_option_gives_the_per_replica_loss(runs):
     """With contrast='local' each rank's first loss is CKD over its own half only."""
     one, two = runs
