@@ -94,9 +94,85 @@ def test_the_lease_heartbeat_is_refreshed(monkeypatch, tmp_path):
     monkeypatch.setattr(claims, "HEARTBEAT_S", 0.05)
     with claim(tmp_path / "run", **quiet) as holder:
         first = json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"]
-        deadline = time.time() + 10
+        deadline = time.time() + 120
         while json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"] == first and time.time() < deadline:
             time.sleep(0.05)
         assert json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"] > first
         assert holder.heartbeat > holder.since
     assert not (tmp_path / "run" / claims.LEASE_FILE).exists()  # released
+
+
+def test_a_look_in_progress_never_makes_a_claim_fail(monkeypatch, tmp_path):
+    """holder_of() takes a shared lock for an instant; a claimant that meets one waits it out."""
+    import fcntl
+    import threading
+
+    monkeypatch.setenv("KD_CLAIM", "flock")
+    run_dir = tmp_path / "run"
+    with claim(run_dir, **quiet):
+        pass
+    look = os.open(run_dir / claims.CLAIM_FILE, os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH)  # what holder_of() holds while it looks
+    refused_once = threading.Event()
+    only_probes = claims._only_probes
+
+    def spy(fd):
+        result = only_probes(fd)
+        refused_once.set()
+        return result
+
+    monkeypatch.setattr(claims, "_only_probes", spy)
+
+    def finish_the_look():
+        assert refused_once.wait(120)  # the claimant met the look ...
+        os.close(look)  # ... and the look ends (closing drops the lock)
+
+    looker = threading.Thread(target=finish_the_look)
+    looker.start()
+    try:
+        with claim(run_dir, **quiet) as holder:
+            assert holder.pid == os.getpid()
+            assert refused_once.is_set()
+    finally:
+        looker.join()
+    assert holder_of(run_dir) is None
+
+
+@pytest.mark.parametrize("mechanism_name", ["flock", "lease"])
+def test_looks_from_another_process_never_refuse_a_claim(mechanism_name, monkeypatch, tmp_path):
+    """A process calling holder_of() in a loop (a --status or a --wait poll) while claims come and go."""
+    monkeypatch.setenv("KD_CLAIM", mechanism_name)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = (
+        "import os, sys\n"
+        "from benchmark.store.claims import holder_of\n"
+        f"run_dir = {str(run_dir)!r}\n"
+        "print('looking', flush=True)\n"
+        "while not os.path.exists(os.path.join(run_dir, 'stop')):\n"
+        "    holder_of(run_dir)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KD_CLAIM": mechanism_name}
+    looker = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert looker.stdout.readline().strip() == "looking"
+        for _ in range(500):
+            with claim(run_dir, **quiet):  # raised ClaimHeld ~1% (flock) / ~40% (lease) of the time when a look claimed
+                pass
+    finally:
+        (run_dir / "stop").touch()
+        looker.wait(120)
+    assert looker.returncode == 0
+
+
+def test_a_look_takes_nothing_over_and_creates_nothing(monkeypatch, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.setenv("KD_CLAIM", "flock")
+    assert holder_of(run_dir) is None and not (run_dir / claims.CLAIM_FILE).exists()
+    monkeypatch.setenv("KD_CLAIM", "lease")
+    old = time.time() - 10 * claims.STALE_S
+    stale = json.dumps({"host": "node-17", "pid": 4242, "since": old, "heartbeat": old})
+    (run_dir / claims.LEASE_FILE).write_text(stale)
+    assert holder_of(run_dir) is None  # stale: whoever claims next takes it over, not a look
+    assert (run_dir / claims.LEASE_FILE).read_text() == stale and not list(run_dir.glob(claims.LEASE_FILE + ".stale-*"))

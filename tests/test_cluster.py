@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 RUN_PY = str(REPO / "benchmark" / "run.py")
 FAKE_SLURM = REPO / "tests" / "fake_slurm"
 PAIR = "small_cnn_w32-small_cnn_w8"
+# One worker under pytest-xdist (tox -e py runs -n 2 --dist loadgroup): the module-scoped sweep is
+# computed once and shared by four tests.
+pytestmark = pytest.mark.xdist_group("cluster")
 BASE = ["--suite", "digits", "--methods", "kd", "--epochs", "2", "--no-baseline", "--no-aggregate"]
 
 
@@ -70,8 +73,28 @@ def swept(tmp_path_factory):
     env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO), "KD_CLUSTER_POLL_S": "0.3"}
     procs = [subprocess.Popen([sys.executable, RUN_PY, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
-    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    outs = communicate_all(procs, STUCK_S)
     return root / "work", argv, outs, [proc.returncode for proc in procs]
+
+
+STUCK_S = 600  # only a process that is really stuck takes this long (about a minute unloaded, 2 cores)
+
+
+def communicate_all(procs: list[subprocess.Popen], deadline_s: float) -> list[str]:
+    """Every process's output once all have exited; one deadline for all, and none is left running."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    outs = []
+    try:
+        for proc in procs:
+            outs.append(proc.communicate(timeout=max(1.0, end - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        partial = [proc.communicate()[0] for proc in procs]
+        pytest.fail(f"still running after {deadline_s:.0f}s:\n" + "\n----\n".join(partial))
+    return outs
 
 
 def test_two_concurrent_submissions_execute_every_run_exactly_once(swept):
@@ -87,6 +110,11 @@ def test_two_concurrent_submissions_execute_every_run_exactly_once(swept):
         assert record.extra["attempts"] == 1, stdout
         assert len(starts(logs, seed)) == 1, logs  # one execution, whichever job got the claim
     assert "resuming" not in logs, logs
+    # --wait returned only once every job of both sweeps had ended (a job submitted for a run that the
+    # other sweep's job took finds it held or done, and exits; none may still be claiming directories).
+    submitted = {p.name.split("_")[0] for p in (work / "jobs").glob("*_submitted.pkl")}
+    ended = {p.name.split("_")[0] for p in (work / "jobs").glob("*_result.pkl")}
+    assert submitted and submitted == ended, (submitted, ended, logs)
 
 
 def test_a_job_finding_its_run_held_exits_3_and_one_finding_it_completed_does_nothing(swept, capsys, monkeypatch):

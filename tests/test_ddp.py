@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from methods.base import DistillContext, StepInputs
 
 REPO = Path(__file__).resolve().parent.parent
 GLOBAL_BATCH, N_DATA, NCE_K, STEPS, CLASSES = 8, 64, 16, 3, 5
+STUCK_S = 600  # only a hang takes this long (seconds unloaded)
 METHOD_CFGS = {
     "kd": {"type": "kd"},
     "dkd": {"type": "dkd", "warmup": 1},
@@ -135,17 +137,28 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+# The tests on `runs` share one two-process launch: one worker under pytest-xdist (--dist loadgroup).
+same_launch = pytest.mark.xdist_group("ddp-runs")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
+    ranks = mp.start_processes(_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + STUCK_S
+    while not ranks.join(timeout=1):  # raises at once when a rank fails
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the two DDP ranks were still running after {STUCK_S}s (a hang, e.g. a collective one rank never reached)")
     two = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     one = {name: train(name, 0, 1) for name in METHOD_CFGS}
     return one, two
 
 
+@same_launch
 @pytest.mark.parametrize("name", ["kd", "dkd", "fitnet", "crd", "ckd"])
 def test_two_processes_equal_one_over_the_global_batch(name, runs):
     one, two = runs
@@ -159,6 +172,7 @@ def test_two_processes_equal_one_over_the_global_batch(name, runs):
     assert moved > 1e-3  # the steps did something, so agreement is not trivial
 
 
+@same_launch
 def test_crd_banks_and_z_are_one_bank_across_ranks(runs):
     one, two = runs
     memory = [k for k in one["crd"]["state"] if "memory" in k]
@@ -170,6 +184,7 @@ def test_crd_banks_and_z_are_one_bank_across_ranks(runs):
     assert params[2] > 0 and params[3] > 0  # Z estimated (from the global batch)
 
 
+@same_launch
 def test_ckd_local_option_gives_the_per_replica_loss(runs):
     """With contrast='local' each rank's first loss is CKD over its own half only."""
     one, two = runs
@@ -188,7 +203,7 @@ def test_ckd_local_option_gives_the_per_replica_loss(runs):
 def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO), **(env_extra or {})}
     return subprocess.run([sys.executable, str(REPO / "benchmark" / "run.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=STUCK_S)
 
 
 def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_path):

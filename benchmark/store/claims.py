@@ -14,6 +14,10 @@ Two mechanisms, one interface (:func:`claim`):
   is created exclusively (``O_EXCL``) with host, pid and a heartbeat that a background thread
   refreshes every ``HEARTBEAT_S`` seconds. A lease whose heartbeat is older than ``STALE_S``
   (or whose process is gone, on the same host) is stale: it is taken over, and that is said.
+
+:func:`holder_of` (status, plans, a job checking who beat it) only looks: it takes a *shared*
+lock for an instant (``flock``) or reads the lease, so a probe never makes a claim fail. A
+claimant that finds only such probes (the shared lock is still available) waits them out.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ CLAIM_FILE = ".claim"
 LEASE_FILE = ".lease"
 HEARTBEAT_S = float(os.environ.get("KD_CLAIM_HEARTBEAT_S", 30))
 STALE_S = float(os.environ.get("KD_CLAIM_STALE_S", 120))
+PROBE_GRACE_S = 10.0  # a claimant waits this long at most for momentary probes (holder_of) to let go
 
 
 class ClaimHeld(Exception):
@@ -96,19 +101,81 @@ def claim(run_dir: str | os.PathLike, say: Callable[[str], object] = print) -> I
 
 
 def holder_of(run_dir: str | os.PathLike) -> str | None:
-    """Who holds ``run_dir`` right now (for plans and status), or None; takes nothing."""
+    """Who holds ``run_dir`` right now (for plans and status), or None; takes nothing.
+
+    It must not claim the directory to find out: a claim taken for a look would make a real
+    claimant fail at that instant (a job would skip its run as "held", and a second look by
+    that job could even see the looker as the holder and give the run up).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
-    try:
-        with claim(run_dir, say=lambda _line: None):
-            return None
-    except ClaimHeld as held:
-        return held.holder
+    if mechanism() == "flock":
+        try:
+            return _flock_holder(run_dir)
+        except _FlockUnsupported:
+            pass
+    return _lease_holder(run_dir)
 
 
 class _FlockUnsupported(Exception):
     pass
+
+
+_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _flock_nb(fd: int, operation: int) -> bool:
+    """A non-blocking flock: True if taken, False if another open file holds a conflicting lock."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            raise _FlockUnsupported() from None
+        raise
+    return True
+
+
+def _only_probes(fd: int) -> bool:
+    """The exclusive lock was refused: True if only shared locks (probes) are in the way."""
+    import fcntl
+
+    if not _flock_nb(fd, fcntl.LOCK_SH):
+        return False  # an exclusive holder: a real claim
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def _flock_holder(run_dir: Path) -> str | None:
+    import fcntl
+
+    path = run_dir / CLAIM_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # never claimed
+    try:
+        if _flock_nb(fd, fcntl.LOCK_SH):  # shared: other lookers do not conflict, a claim does
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        return _describe(path.read_text())
+    finally:
+        os.close(fd)
+
+
+def _lease_holder(run_dir: Path) -> str | None:
+    path = run_dir / LEASE_FILE
+    try:
+        current = Holder.parse(path.read_text())
+        if _stale(current, path):
+            return None  # the next claimant takes it over
+    except FileNotFoundError:
+        return None
+    return current.describe() if current else "another process (no holder information yet)"
 
 
 @contextlib.contextmanager
@@ -118,14 +185,15 @@ def _flock(run_dir: Path) -> Iterator[Holder]:
     path = run_dir / CLAIM_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ClaimHeld(run_dir, _describe(path.read_text())) from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise _FlockUnsupported() from None
-            raise
+        deadline = None
+        while not _flock_nb(fd, fcntl.LOCK_EX):
+            if not _only_probes(fd):
+                raise ClaimHeld(run_dir, _describe(path.read_text()))
+            # Only holder_of() looks are in the way: they let go within microseconds.
+            deadline = deadline or time.monotonic() + PROBE_GRACE_S
+            if time.monotonic() > deadline:
+                raise ClaimHeld(run_dir, "processes that keep looking at it (holder_of) for longer than expected")
+            time.sleep(0.001)
         holder = Holder.me()
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.to_json().encode(), 0)

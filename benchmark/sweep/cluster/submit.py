@@ -266,6 +266,12 @@ def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: lis
             break
         time.sleep(poll)
     line.close()
+    if isinstance(backend, LocalBackend):
+        # Every run has ended, but a job of ours may still be on its way: one submitted for a run
+        # that another submission's job took meanwhile finds it held or done, and exits. Wait for
+        # it, so that nothing of this sweep still claims run directories once --wait returns.
+        while not all(job.done() for job in backend.jobs):
+            time.sleep(poll)
     return _finish(args, [a for _, a in assessed])
 
 
