@@ -5,9 +5,9 @@
         [--threads 1] [--clock auto|cpu|wall] [--out reports/bench/step_overhead.json] [--no-profile]
 
 floor  = teacher forward under ``torch.no_grad`` + student forward + CE + backward + SGD step;
-method = teacher forward (no_grad, with the method's feature taps recorded by
-         :class:`benchmark.models.FeatureRecorder`) + student forward (taps) + the method's
-         loss terms + backward + SGD step over the student and the method's own parameters.
+method = the training's own step: :class:`benchmark.train.model.DistillationModel` in loss mode
+         (teacher forward under no_grad with the method's feature taps, student forward, the
+         method's loss terms) + backward + SGD step over the student and the method's parameters.
 
 Every configuration has its own copies of the networks (same weights, so the same work;
 nobody else's hooks) and the same fixed batch; one warm-up round, then ``--iters`` rounds,
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods import METHODS, DistillContext, Distiller, StepInputs, build_method
+from benchmark.store.checkpoints import save_community_checkpoint
+from benchmark.train.model import DistillationModel
+from methods import METHODS, Distiller, StepInputs
 
 from .timing import adaptive_ms, add_device_arguments, apply_device_arguments, env_info, median, synchronize, write_json_and_markdown
 
@@ -81,6 +84,8 @@ class StepRunner:
     method: Distiller | None = None  # None: the CE-only floor
     recorders: tuple[Any, Any] | None = None
     clock: str = "wall"  # or "cpu": this process's CPU time
+    # The training's own DistillationModel: a method's step is exactly what MMEngine runs in a run.
+    model: Any = None
     phases: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
     wall_ms: list[float] = field(default_factory=list)
 
@@ -89,6 +94,8 @@ class StepRunner:
         return time.process_time() if self.clock == "cpu" else time.perf_counter()
 
     def __call__(self) -> float:
+        if self.model is not None:
+            return self._model_step()
         b = self.batch
         wall = time.perf_counter()
         t0 = self._clock()
@@ -120,12 +127,31 @@ class StepRunner:
         return 1e3 * (t5 - t0)
 
 
-def _probe(model: nn.Module, recorder: Any, device: torch.device, image_size: int = 32) -> dict[str, tuple[int, ...]]:
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(2, 3, image_size, image_size, device=device))
-    model.train()
-    return {name: tuple(t.shape) for name, t in recorder.features.items()}
+    def _model_step(self) -> float:
+        """One training step of the run's own model: its loss mode (teacher, student, method), backward, SGD.
+
+        The phase split of the forward comes from the model's own timing (wall clock, as recorded
+        in every run record); the step total uses this runner's clock like the floor's.
+        """
+        b = self.batch
+        wall = time.perf_counter()
+        t0 = self._clock()
+        self.model.measure_time = True
+        losses = self.model(b.images, b.target, b.index, b.contrast_index, mode="loss")
+        loss = sum(losses.values())
+        t3 = self._clock()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t4 = self._clock()
+        self.optimizer.step()
+        t5 = self._clock()
+        self.wall_ms.append(1e3 * (time.perf_counter() - wall))
+        timing = self.model.last_timing
+        forward = (timing["teacher_forward_ms"], timing["student_forward_ms"], timing["distill_loss_ms"])
+        for phase, value in zip(PHASES, (*forward, 1e3 * (t4 - t3), 1e3 * (t5 - t4))):
+            self.phases[phase].append(value)
+        return 1e3 * (t5 - t0)
+
 
 
 def build_runners(
@@ -133,7 +159,7 @@ def build_runners(
     num_data: int = 50_000, seed: int = 0, clock: str = "wall", image_size: int = 32, num_classes: int = 100,
 ) -> tuple[StepRunner, list[StepRunner]]:
     """The floor and one runner per method, all starting from the same weights and batch."""
-    from benchmark.models import FeatureRecorder, build_model, feature_taps
+    from benchmark.models import build_model
 
     torch.manual_seed(seed)
     teacher_proto = build_model(teacher_name, num_classes).to(device).eval().requires_grad_(False)
@@ -160,25 +186,20 @@ def build_runners(
 
     teacher, student = copies()
     floor = StepRunner("floor", teacher, student, _sgd(list(student.parameters())), batch(None), device, clock=clock)
-    runners = []
-    for name in methods:
-        teacher, student = copies()
-        taps = METHODS.get(name).feature_taps
-        recorders = None
-        shapes_s: dict[str, tuple[int, ...]] = {}
-        shapes_t: dict[str, tuple[int, ...]] = {}
-        if taps:
-            rec_s = FeatureRecorder(student, {t: feature_taps(student_name)[t] for t in taps})
-            rec_t = FeatureRecorder(teacher, {t: feature_taps(teacher_name)[t] for t in taps})
-            shapes_s, shapes_t = _probe(student, rec_s, device, image_size), _probe(teacher, rec_t, device, image_size)
-            teacher.eval()
-            recorders = (rec_s, rec_t)
-        context = DistillContext(num_classes=num_classes, num_data=num_data, student_shapes=shapes_s, teacher_shapes=shapes_t)
-        torch.manual_seed(seed)
-        method = build_method(name, context).to(device).train()
-        params = list(student.parameters()) + list(method.parameters())
-        runners.append(StepRunner(name, teacher, student, _sgd(params), batch(method.contrast_k), device, method,
-                                  recorders, clock=clock))
+    with tempfile.TemporaryDirectory(prefix="kd-step-overhead-") as folder:
+        teacher_file = save_community_checkpoint(teacher_proto, Path(folder) / "teacher.pth", epoch=0, accuracy=None)
+        runners = []
+        for name in methods:
+            torch.manual_seed(seed)
+            model = DistillationModel(student=student_name, method={"type": name}, num_classes=num_classes,
+                                      num_data=num_data, teacher=teacher_name, teacher_checkpoint=str(teacher_file),
+                                      input_size=(3, image_size, image_size)).to(device)
+            model.student.load_state_dict(student_proto.state_dict())  # the floor's weights: the same work
+            model.train()
+            params = list(model.student.parameters()) + list(model.method.parameters())
+            recorders = (model.student_recorder, model.teacher_recorder) if model.student_recorder else None
+            runners.append(StepRunner(name, model.teacher, model.student, _sgd(params), batch(model.method.contrast_k),
+                                      device, model.method, recorders, clock=clock, model=model))
     return floor, runners
 
 
