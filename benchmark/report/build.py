@@ -42,8 +42,7 @@ def _as_declared(item: Pair | PairKey | str) -> Pair | str:
     """A declared pair as a :class:`Pair`; a name ("teacher-student") stays a name."""
     if isinstance(item, (Pair, str)):
         return item
-    teacher, student = item
-    return Pair(str(teacher), str(student))
+    return Pair(*map(str, item))
 
 
 def suite_pair_order(suite: str) -> list[Pair | str] | None:
@@ -55,7 +54,7 @@ def suite_pair_order(suite: str) -> list[Pair | str] | None:
 def order_pairs(pairs: set[PairKey], declared: Sequence[Pair | str] | None) -> list[PairKey]:
     """The declared pairs first, in their order; the others after them, sorted."""
     def position(key: PairKey) -> tuple[int, str, str]:
-        pair = Pair(*key)
+        pair = Pair(*key)  # a record's (teacher, student) key
         for i, item in enumerate(declared or ()):
             if item == pair or item == pair.name:
                 return (i, "", "")
@@ -146,7 +145,7 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
     records = records.assign(teacher_kind=teacher_kinds(records) if len(records) else [])
     students = records[records["method"] != TEACHER_ROW]
     teachers = records[records["method"] == TEACHER_ROW]
-    pairs = order_pairs(set(zip(students["teacher"], students["student"])), declared_pairs)
+    pairs = order_pairs({Pair(t, s) for t, s in zip(students["teacher"], students["student"])}, declared_pairs)
     if not pairs:
         return []
 

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.stats import ttest_ind
 
 from benchmark.store.records import STUDENT_ROW, TEACHER_ROW
+from benchmark.suites.base import Pair
 from methods import METHODS
 
 from .load import COMMUNITY, TRAINED
@@ -20,9 +21,9 @@ from .published import Published
 if TYPE_CHECKING:  # verdict.py imports this module only for its type hints
     from .verdict import Verdict
 
-# Cells, published numbers and records index a pair by (teacher, student); a suite declares a
-# ``benchmark.suites.base.Pair`` (``Pair(*key)`` converts; see ``build.suite_pair_order``).
-PairKey = tuple[str, str]
+# One Pair everywhere: the suites' ``Pair`` is a (teacher, student) named tuple, so cells, published
+# numbers and records are keyed by it directly.
+PairKey = Pair
 
 # Row order and names come from the method registry (each method's ``table_order`` and ``display_name``).
 METHOD_ORDER = (TEACHER_ROW,) + tuple(sorted(METHODS.module_dict,

@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from benchmark.store.records import CLASSIFICATION, Metric
 
@@ -23,8 +23,9 @@ def community_layout(name: str) -> tuple[str, ...]:
 LOW_LR_STUDENTS = frozenset({"MobileNetV2", "ShuffleV1", "ShuffleV2"})
 
 
-@dataclass(frozen=True)
-class Pair:
+class Pair(NamedTuple):
+    """A teacher → student pair; a named tuple, so the (teacher, student) keys of records and tables are Pairs too."""
+
     teacher: str
     student: str
 
