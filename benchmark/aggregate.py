@@ -20,6 +20,7 @@ e.g. COCO: AP / AP50 / AP75 per pair, the best epoch chosen by mAP), the plots t
 
 Exit codes of the CLI: 0 ok, 1 no usable record, 2 a work dir does not exist.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,20 @@ __all__ = ["AggregateSummary", "aggregate", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", dest="work_dirs", action="append", metavar="DIR",
-                        help="directory searched recursively for record.json (repeatable; default: work_dirs)")
+    parser.add_argument(
+        "--work-dir",
+        dest="work_dirs",
+        action="append",
+        metavar="DIR",
+        help="directory searched recursively for record.json (repeatable; default: work_dirs)",
+    )
     parser.add_argument("--tables", default="tables", help="output dir of the tables (default: tables)")
     parser.add_argument("--reports", default="reports", help="output dir of the plots and index (default: reports)")
-    parser.add_argument("--bench-json", default=None,
-                        help=f"loss-complexity benchmark JSON (default: <reports>/{BENCH_JSON.as_posix()})")
+    parser.add_argument(
+        "--bench-json",
+        default=None,
+        help=f"loss-complexity benchmark JSON (default: <reports>/{BENCH_JSON.as_posix()})",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-record warnings")
     return parser
 
@@ -51,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
-                            format="%(levelname)s: %(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.ERROR if args.quiet else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
+        )
     work_dirs = args.work_dirs or ["work_dirs"]
     missing = [w for w in work_dirs if not Path(w).is_dir()]
     if missing:
@@ -60,8 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     summary = aggregate(work_dirs, args.tables, args.reports, args.bench_json)
     if not summary.ok:
-        print(f"error: no usable run record under {', '.join(work_dirs)} "
-              f"({summary.found} record files: {summary.counts_line()})", file=sys.stderr)
+        print(
+            f"error: no usable run record under {', '.join(work_dirs)} "
+            f"({summary.found} record files: {summary.counts_line()})",
+            file=sys.stderr,
+        )
         return 1
     print(f"{summary}; index: {summary.index[0].as_posix()}")
     return 0

@@ -1,4 +1,5 @@
 """Errors that are the user's to fix: the CLI prints them as one line each and exits 2."""
+
 from __future__ import annotations
 
 

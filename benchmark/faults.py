@@ -16,6 +16,7 @@ more than one dictionary lookup per point. Its value is ``<point> <action> [key=
 
 A fault fires once per process. The tests start the real CLI with it set (tests/test_faults.py).
 """
+
 from __future__ import annotations
 
 import os

@@ -9,6 +9,7 @@ with its MMEngine config, logs, checkpoints, the exported student and ``record.j
 Completed runs are skipped, interrupted ones resume from their last checkpoint, a run
 whose loss becomes NaN is recorded as failed; nothing is overwritten silently.
 """
+
 from __future__ import annotations
 
 import signal
@@ -23,6 +24,7 @@ from benchmark.errors import UsageError  # noqa: E402
 from benchmark.sweep.console import EXIT_USAGE  # noqa: E402
 from benchmark.sweep.in_process import run_sweep  # noqa: E402
 from benchmark.sweep.options import parse_args  # noqa: E402
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's or a user's kill): stop like Ctrl-C, leaving resumable runs."""
@@ -54,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{what}: runs in progress keep their last checkpoint; run the same command again to resume", file=sys.stderr)
+        print(
+            f"{what}: runs in progress keep their last checkpoint; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,7 @@ Modules are discovered automatically, so a new method is one new file.
 >>> sorted(methods.METHODS.module_dict)
 ['ce', 'ckd', 'crd', 'crd_kd', 'dkd', 'fitnet', 'kd']
 """
+
 from __future__ import annotations
 
 import importlib

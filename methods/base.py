@@ -5,6 +5,7 @@ memory banks) with a plain ``forward(step) -> dict`` of ALREADY WEIGHTED loss te
 named ``loss_*`` so MMEngine logs each one and sums them into the training loss.
 Class attributes declare what the training step must provide.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Cross-entropy baseline: the student trained alone (the "Student" row of every table)."""
+
 from __future__ import annotations
 
 from torch import Tensor

@@ -3,6 +3,7 @@ Sample-wise Perspective", 2024. https://arxiv.org/abs/2404.14109
 
 Reference: the authors' code, a fork of mdistiller.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -16,7 +17,9 @@ from .base import Distiller, StepInputs, requires_teacher_logits
 from .registry import METHODS
 
 
-def ckd_loss(logits_student: Tensor, logits_teacher: Tensor, temperature: float = 1.0, global_batch: bool = False) -> Tensor:
+def ckd_loss(
+    logits_student: Tensor, logits_teacher: Tensor, temperature: float = 1.0, global_batch: bool = False
+) -> Tensor:
     """InfoNCE over L2-normalised logits, in-batch negatives.
 
     ``t̂, ŝ`` = rows of teacher / student logits divided by their L2 norms;
@@ -45,8 +48,9 @@ def ckd_loss(logits_student: Tensor, logits_teacher: Tensor, temperature: float 
     return F.cross_entropy(similarity, positives, reduction="sum") * (distributed.world_size() / student.shape[0])
 
 
-def grouped_ckd_loss(logits_student: Tensor, logits_teacher: Tensor, group_sizes: Sequence[int],
-                     temperature: float = 1.0) -> Tensor:
+def grouped_ckd_loss(
+    logits_student: Tensor, logits_teacher: Tensor, group_sizes: Sequence[int], temperature: float = 1.0
+) -> Tensor:
     """:func:`ckd_loss` within consecutive groups of rows, averaged over the groups:
     ``L = (1/G) Σ_g ckd_loss(s_g, t_g)``, the negatives of a row only from its own group.
 
@@ -73,7 +77,14 @@ class CKD(Distiller):
 
     display_name, table_order, detection = "CKD", 60, "roi_logits"
 
-    def __init__(self, temperature: float = 1.0, cl_weight: float = 10.0, ce_weight: float = 1.0, contrast: str = "global", **kwargs) -> None:
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        cl_weight: float = 10.0,
+        ce_weight: float = 1.0,
+        contrast: str = "global",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if contrast not in ("global", "local"):
             raise ValueError(f"CKD contrast must be 'global' or 'local', got {contrast!r}")

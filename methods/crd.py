@@ -3,6 +3,7 @@
 https://arxiv.org/abs/1910.10699 — reference: RepDistiller (``crd/memory.py``,
 ``crd/criterion.py``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -252,7 +253,9 @@ class ContrastMemory(nn.Module):
         if z < 0:
             # Under DDP the mean is over the global batch: Z is the same on every rank and
             # equal to that of one process over the global batch.
-            self.params[slot] = (out.detach().mean() if distributed.world_size() == 1 else distributed.global_mean(out)) * self.n_data
+            self.params[slot] = (
+                out.detach().mean() if distributed.world_size() == 1 else distributed.global_mean(out)
+            ) * self.n_data
             z = self.params[slot].item()
         return out / z
 

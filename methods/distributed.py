@@ -3,6 +3,7 @@
 Pure torch; every function falls back to the single-process answer when no process group
 is initialised, so the losses run unchanged outside DDP.
 """
+
 from __future__ import annotations
 
 import torch
@@ -91,11 +92,21 @@ def all_gather_cat_with_grad(tensor: Tensor) -> Tensor:
 
 def global_mean(tensor: Tensor) -> Tensor:
     """Mean over the elements of ``tensor`` on all ranks (sizes may differ); no gradient."""
-    total = torch.stack([tensor.detach().sum(), torch.tensor(float(tensor.numel()), dtype=tensor.dtype, device=tensor.device)])
+    total = torch.stack(
+        [tensor.detach().sum(), torch.tensor(float(tensor.numel()), dtype=tensor.dtype, device=tensor.device)]
+    )
     if world_size() > 1:
         dist.all_reduce(total)
     return total[0] / total[1]
 
 
-__all__ = ["world_size", "rank", "all_gather_cat", "all_gather_rows", "all_gather_rows_with_grad",
-           "all_gather_cat_with_grad", "row_counts", "global_mean"]
+__all__ = [
+    "world_size",
+    "rank",
+    "all_gather_cat",
+    "all_gather_rows",
+    "all_gather_rows_with_grad",
+    "all_gather_cat_with_grad",
+    "row_counts",
+    "global_mean",
+]

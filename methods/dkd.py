@@ -2,6 +2,7 @@
 
 https://arxiv.org/abs/2203.08679 — reference: mdistiller (``mdistiller/distillers/DKD.py``).
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@
 https://arxiv.org/abs/1412.6550 — reference: RepDistiller (``models/util.py: ConvReg``,
 ``distiller_zoo/FitNet.py``) and mdistiller (``distillers/FitNet.py``).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,7 +34,9 @@ class ConvReg(nn.Module):
         elif s_h >= t_h:
             self.conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
         else:
-            raise ValueError(f"FitNet ConvReg cannot map a student hint of {tuple(s_shape)} onto a teacher hint of {tuple(t_shape)}")
+            raise ValueError(
+                f"FitNet ConvReg cannot map a student hint of {tuple(s_shape)} onto a teacher hint of {tuple(t_shape)}"
+            )
         self.bn = nn.BatchNorm2d(t_c)
         self.relu = nn.ReLU()
         self.use_relu = use_relu

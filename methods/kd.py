@@ -2,6 +2,7 @@
 
 https://arxiv.org/abs/1503.02531
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

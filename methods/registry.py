@@ -4,6 +4,7 @@ An MMEngine :class:`~mmengine.registry.Registry`, so ``dict(type='ckd', temperat
 builds a method anywhere a config does. Unknown names fail with a message that lists
 the registered ones (MMEngine's own message does not).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ are Python 2 ``str``. That is why the official loader reads them with
 ``write_tiny_imagefolder`` writes a small ImageNet in torchvision's ImageFolder layout
 (real JPEG files, WordNet-id class folders).
 """
+
 from __future__ import annotations
 
 import io
@@ -42,7 +43,7 @@ class _Python2Pickler(pickle._Pickler):
         """Name numpy's ``_reconstruct`` as Python 2 era numpy did (``numpy.core``), like the archive."""
         module = getattr(obj, "__module__", "") or ""
         if module.startswith("numpy._core."):
-            legacy = "numpy.core." + module[len("numpy._core."):]
+            legacy = "numpy.core." + module[len("numpy._core.") :]
             self.write(pickle.GLOBAL + f"{legacy}\n{name or obj.__name__}\n".encode())
             self.memoize(obj)
             return
@@ -100,8 +101,18 @@ def read_python2_pickle(path: str | Path) -> dict[bytes, object]:
 
 
 # The first ImageNet-1k class folders (WordNet ids, sorted as torchvision's ImageFolder sorts them).
-IMAGENET_FIRST_WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475",
-                        "n01496331", "n01498041", "n01514668", "n01514859", "n01518878")
+IMAGENET_FIRST_WNIDS = (
+    "n01440764",
+    "n01443537",
+    "n01484850",
+    "n01491361",
+    "n01494475",
+    "n01496331",
+    "n01498041",
+    "n01514668",
+    "n01514859",
+    "n01518878",
+)
 
 
 def wnid(i: int) -> str:
@@ -121,8 +132,14 @@ def smooth_image(rng: np.random.Generator, size: tuple[int, int], mode: str = "R
     return Image.fromarray(pixels).convert(mode)
 
 
-def write_tiny_imagefolder(root: str | Path, n_classes: int = 3, per_class_train: int = 4, per_class_val: int = 2,
-                           size: tuple[int, int] = (64, 48), seed: int = 0) -> Path:
+def write_tiny_imagefolder(
+    root: str | Path,
+    n_classes: int = 3,
+    per_class_train: int = 4,
+    per_class_val: int = 2,
+    size: tuple[int, int] = (64, 48),
+    seed: int = 0,
+) -> Path:
     """Write ``<root>/train/<wnid>/<wnid>_<k>.JPEG`` and ``<root>/val/<wnid>/ILSVRC2012_val_<n>.JPEG``
     (real JPEG files, PIL, quality 90) in torchvision's ImageFolder layout; returns ``root``.
 

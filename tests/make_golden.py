@@ -6,6 +6,7 @@ each loss on those stored inputs (:func:`recompute`), so the check depends neith
 random generator's stream staying the same across torch versions nor on ``randn`` giving
 the same last bits on every CPU (its Box-Muller log/cos come from the CPU's libm/SIMD code).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,14 @@ def _losses(dkd_target: list[int]) -> dict:
         return fitnet_loss(regressed, feature_teacher)
 
     return {
-        "kd_T4": kd_loss, "kd_T1": kd_loss, "ckd_tau1": ckd_loss, "ckd_tau05": ckd_loss,
-        "dkd_a1_b8_T4": dkd, "dkd_a05_b2_T2": dkd, "nce_n50": nce, "fitnet_convreg": regress,
+        "kd_T4": kd_loss,
+        "kd_T1": kd_loss,
+        "ckd_tau1": ckd_loss,
+        "ckd_tau05": ckd_loss,
+        "dkd_a1_b8_T4": dkd,
+        "dkd_a05_b2_T2": dkd,
+        "nce_n50": nce,
+        "fitnet_convreg": regress,
     }
 
 
@@ -83,7 +90,8 @@ def build() -> dict:
     fs, ft = _logits(gen, 2, 2, 4, 4, scale=1.0), _logits(gen, 2, 3, 2, 2, scale=1.0)
     weight = _logits(gen, 3, 2, 3, 3, scale=0.3)
     cases["fitnet_convreg"] = _case(
-        loss["fitnet_convreg"], {"feature_student": fs, "feature_teacher": ft, "conv_weight": weight},
+        loss["fitnet_convreg"],
+        {"feature_student": fs, "feature_teacher": ft, "conv_weight": weight},
         ("feature_student", "conv_weight"),
     )
     cases["crd_memory"] = _memory_case(gen)
@@ -115,12 +123,20 @@ def _memory_case(gen: torch.Generator) -> dict:
         contrast = torch.randint(n, (2, k + 1), generator=gen)
         contrast[:, 0] = idx
         out_s, out_t = memory(v_s, v_t, idx, contrast)
-        calls.append({
-            "v_student": v_s.tolist(), "v_teacher": v_t.tolist(), "idx": idx.tolist(), "contrast_idx": contrast.tolist(),
-            "out_student": out_s.tolist(), "out_teacher": out_t.tolist(),
-            "z_student": memory.z_student.item(), "z_teacher": memory.z_teacher.item(),
-            "memory_student": memory.memory_student.tolist(), "memory_teacher": memory.memory_teacher.tolist(),
-        })
+        calls.append(
+            {
+                "v_student": v_s.tolist(),
+                "v_teacher": v_t.tolist(),
+                "idx": idx.tolist(),
+                "contrast_idx": contrast.tolist(),
+                "out_student": out_s.tolist(),
+                "out_teacher": out_t.tolist(),
+                "z_student": memory.z_student.item(),
+                "z_teacher": memory.z_teacher.item(),
+                "memory_student": memory.memory_student.tolist(),
+                "memory_teacher": memory.memory_teacher.tolist(),
+            }
+        )
     return {"n_data": n, "feat_dim": d, "nce_k": k, "nce_t": 0.5, "nce_m": 0.5, "start": start, "calls": calls}
 
 

@@ -6,6 +6,7 @@ Written in the references' own style (probability space, Python-float constants,
 - FitNet ConvReg, CRD memory / NCE loss / Embed: RepDistiller (``models/util.py``, ``crd/``)
 - CKD: the formula of the paper / official code (InfoNCE over L2-normalised logits)
 """
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ intended change::
 
     UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_aggregate.py -q
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,12 +24,12 @@ import pandas as pd
 import pytest
 
 from benchmark.aggregate import AggregateSummary, aggregate, main
-from benchmark.store.records import SCHEMA_VERSION, write_record
 from benchmark.report import synthetic
+from benchmark.report.load import load_records
 from benchmark.report.published import load_published
 from benchmark.report.synthetic import make_record
-from benchmark.report.load import load_records
 from benchmark.report.tables import build_suite_tables, suite_pair_order, welch_p
+from benchmark.store.records import SCHEMA_VERSION, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tidy CSV prints floats with "%.4f": a number read back from it is within half a unit of
@@ -48,18 +49,40 @@ CIFAR_COMMUNITY = ("resnet56", "resnet20")  # has published numbers; the communi
 # Last-epoch top-1 per seed. P1: DKD best, CRD inseparable (p = 0.35), KD separated (p = 0.02).
 # P2: CKD best, DKD inseparable (p = 0.10), CRD separated (p = 0.014).
 FIXTURE_VALUES = {
-    P1: {"teacher": [72.10, 72.40, 72.25], "ce": [69.00, 69.30, 68.85], "kd": [70.50, 70.80, 70.20],
-         "crd": [71.00, 71.60, 70.70], "dkd": [71.40, 71.55, 71.30], "ckd": [70.00, 70.10, 69.95]},
-    P2: {"ce": [73.00, 73.20, 73.10], "kd": [74.50, 74.70, 74.60], "crd": [75.10, 75.30, 75.20],
-         "dkd": [75.00, 75.40, 74.90], "ckd": [75.50, 75.60, 75.45]},
+    P1: {
+        "teacher": [72.10, 72.40, 72.25],
+        "ce": [69.00, 69.30, 68.85],
+        "kd": [70.50, 70.80, 70.20],
+        "crd": [71.00, 71.60, 70.70],
+        "dkd": [71.40, 71.55, 71.30],
+        "ckd": [70.00, 70.10, 69.95],
+    },
+    P2: {
+        "ce": [73.00, 73.20, 73.10],
+        "kd": [74.50, 74.70, 74.60],
+        "crd": [75.10, 75.30, 75.20],
+        "dkd": [75.00, 75.40, 74.90],
+        "ckd": [75.50, 75.60, 75.45],
+    },
 }
-CIFAR_VALUES = {"teacher": [79.30, 79.50, 79.45], "ce": [72.40, 72.60, 72.55], "kd": [73.50, 73.70, 73.40],
-                "fitnet": [73.20], "dkd": [76.00, 76.20, 76.10], "ckd": [76.30, 76.10, 76.40]}
+CIFAR_VALUES = {
+    "teacher": [79.30, 79.50, 79.45],
+    "ce": [72.40, 72.60, 72.55],
+    "kd": [73.50, 73.70, 73.40],
+    "fitnet": [73.20],
+    "dkd": [76.00, 76.20, 76.10],
+    "ckd": [76.30, 76.10, 76.40],
+}
 # CIFAR_COMMUNITY's teacher: one teacher row evaluated from the community file (no curve).
 CIFAR_COMMUNITY_VALUES = {"teacher": [72.34], "ce": [69.10, 69.30], "kd": [70.40, 70.70]}
 COMMUNITY_SHA = hashlib.sha256(b"community resnet56_vanilla/ckpt_epoch_240.pth").hexdigest()
-RUNTIME = {"data_wait_ms": 1.5, "teacher_forward_ms": 3.0, "student_forward_backward_ms": 9.0,
-           "distill_loss_ms": 0.5, "peak_memory_mb": 812.0}
+RUNTIME = {
+    "data_wait_ms": 1.5,
+    "teacher_forward_ms": 3.0,
+    "student_forward_backward_ms": 9.0,
+    "distill_loss_ms": 0.5,
+    "peak_memory_mb": 812.0,
+}
 
 
 def _runtime(method: str, seed: int) -> dict[str, float]:
@@ -80,36 +103,73 @@ def build_fixture_records(root: Path) -> None:
                 paper = method == "ckd"  # the mixed-recipe subset: CKD with its paper recipe (10 epochs)
                 # Teacher runs are recorded as the runner does: pair "<teacher>-<teacher>".
                 names = (pair[0], pair[0]) if method == "teacher" else pair
-                synthetic.write(root, make_record(
-                    "fixture", *names, method, seed, last, recipe="paper" if paper else "unified",
-                    epochs=10 if paper else 8, teacher_top1=None if method == "teacher" else (
-                        72.25 if pair == P1 else 75.61),
-                    runtime=_runtime(method, seed) if pair == P1 and method != "teacher" else None,
-                    env={**synthetic.ENV, "git_commit": "c0ffee000002"} if paper else None))
+                synthetic.write(
+                    root,
+                    make_record(
+                        "fixture",
+                        *names,
+                        method,
+                        seed,
+                        last,
+                        recipe="paper" if paper else "unified",
+                        epochs=10 if paper else 8,
+                        teacher_top1=None if method == "teacher" else (72.25 if pair == P1 else 75.61),
+                        runtime=_runtime(method, seed) if pair == P1 and method != "teacher" else None,
+                        env={**synthetic.ENV, "git_commit": "c0ffee000002"} if paper else None,
+                    ),
+                )
     # Batch-size ablation (linear lr rule, base 64 / 0.05 from the main runs above).
     for method, offset in (("kd", 0.0), ("dkd", 0.9)):
         for size, drop in ((32, -0.2), (128, 0.3), (256, 0.9)):
             for seed in range(2):
                 extra = {"batch_size_ablation": True, "base_batch_size": 64, "base_lr": 0.05, "lr_rule": "linear"}
-                synthetic.write(root, make_record(
-                    "fixture", *P1, method, seed, round(70.5 + offset - drop + 0.1 * seed, 2), batch_size=size,
-                    lr=0.05 * size / 64, teacher_top1=72.25, extra=extra))
+                synthetic.write(
+                    root,
+                    make_record(
+                        "fixture",
+                        *P1,
+                        method,
+                        seed,
+                        round(70.5 + offset - drop + 0.1 * seed, 2),
+                        batch_size=size,
+                        lr=0.05 * size / 64,
+                        teacher_top1=72.25,
+                        extra=extra,
+                    ),
+                )
     # A suite with published numbers: Δ against the CRD / DKD papers.
     for method, values in CIFAR_VALUES.items():
         for seed, last in enumerate(values):
             names = (CIFAR[0], CIFAR[0]) if method == "teacher" else CIFAR
             # Teacher rows trained by the suite (no source): the Δ of this pair are marked not comparable.
-            synthetic.write(root, make_record("cifar100", *names, method, seed, last, epochs=8,
-                                              teacher_top1=None if method == "teacher" else 79.42))
+            synthetic.write(
+                root,
+                make_record(
+                    "cifar100",
+                    *names,
+                    method,
+                    seed,
+                    last,
+                    epochs=8,
+                    teacher_top1=None if method == "teacher" else 79.42,
+                ),
+            )
     # A pair whose teacher is the community checkpoint, recorded as benchmark/teachers.py does: the
     # file's sha256, a source, no curve; the distillation runs carry the same sha256 (the KD runs also
     # say extra["teacher_source"], the CE runs leave it to be derived from the sha256).
     for method, values in CIFAR_COMMUNITY_VALUES.items():
         for seed, last in enumerate(values):
             names = (CIFAR_COMMUNITY[0], CIFAR_COMMUNITY[0]) if method == "teacher" else CIFAR_COMMUNITY
-            record = make_record("cifar100", *names, method, seed, last, epochs=8,
-                                 teacher_top1=None if method == "teacher" else 72.34,
-                                 extra={"teacher_source": "community"} if method == "kd" else None)
+            record = make_record(
+                "cifar100",
+                *names,
+                method,
+                seed,
+                last,
+                epochs=8,
+                teacher_top1=None if method == "teacher" else 72.34,
+                extra={"teacher_source": "community"} if method == "kd" else None,
+            )
             record.teacher_checkpoint_sha256 = COMMUNITY_SHA
             if method == "teacher":
                 record.curve, record.best_top1, record.best_epoch, record.teacher_top1 = [], last, None, last
@@ -126,8 +186,19 @@ def build_fixture_records(root: Path) -> None:
     path = bad / "dkd" / "seed3" / "record.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(future, indent=1, sort_keys=True) + "\n")
-    synthetic.write(root, make_record("fixture", *P2, "crd", 3, 0.0, status="failed", teacher_top1=75.61,
-                                      failure="RuntimeError: loss is NaN at epoch 3"))
+    synthetic.write(
+        root,
+        make_record(
+            "fixture",
+            *P2,
+            "crd",
+            3,
+            0.0,
+            status="failed",
+            teacher_top1=75.61,
+            failure="RuntimeError: loss is NaN at epoch 3",
+        ),
+    )
     synthetic.write(root, make_record("fixture", *P2, "kd", 3, 0.0, status="running", teacher_top1=75.61))
 
 
@@ -150,10 +221,11 @@ def agg(tmp_path_factory):
     out = tmp_path_factory.mktemp("agg")
     bench = out / "reports" / "bench" / "loss_complexity.json"
     bench.parent.mkdir(parents=True)
-    results = [{"method": m, "batch_size": b, "n_data": n, "forward_backward_ms": ms * b / 64,
-                "peak_memory_mb": mb * b / 64}
-               for m, n, ms, mb in (("kd", None, 0.2, 1.0), ("crd", 50000, 1.5, 30.0), ("ckd", None, 0.4, 2.0))
-               for b in (64, 128, 256)]
+    results = [
+        {"method": m, "batch_size": b, "n_data": n, "forward_backward_ms": ms * b / 64, "peak_memory_mb": mb * b / 64}
+        for m, n, ms, mb in (("kd", None, 0.2, 1.0), ("crd", 50000, 1.5, 30.0), ("ckd", None, 0.4, 2.0))
+        for b in (64, 128, 256)
+    ]
     bench.write_text(json.dumps({"env": {"device": "cpu", "torch": "2.13.0"}, "results": results}))
     summary = aggregate([FIXTURES], out / "tables", out / "reports")
     return summary, out
@@ -172,8 +244,12 @@ def _row(frame: pd.DataFrame, pair, method: str) -> pd.Series:
 # --------------------------------------------------------------------------- golden files
 
 
-GOLDEN_NAMES = [f"{suite}_{stat}.{ext}" for suite in ("fixture", "cifar100") for stat in ("last", "best")
-                for ext in ("md", "csv", "tex")]
+GOLDEN_NAMES = [
+    f"{suite}_{stat}.{ext}"
+    for suite in ("fixture", "cifar100")
+    for stat in ("last", "best")
+    for ext in ("md", "csv", "tex")
+]
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
@@ -213,14 +289,15 @@ def test_golden_numbers_are_robust_to_the_machine():
                         if value is None or not math.isfinite(value):
                             continue
                         for decimals in (2, 4):  # md / tex print 2 decimals, the CSV 4
-                            scaled = abs(value) * 10 ** decimals
+                            scaled = abs(value) * 10**decimals
                             gap = abs(scaled - math.floor(scaled) - 0.5)
                             assert gap > 1e-6, (suite, table.statistic, row.label, pair, what, value, decimals)
                     if cell.p_value is not None:
                         assert abs(cell.p_value - ALPHA) > 1e-6, (suite, row.label, pair, cell.p_value)
             for pair in table.pairs:
-                means = sorted((r.cells[pair].mean for r in table.rows if not r.is_header and pair in r.cells),
-                               reverse=True)
+                means = sorted(
+                    (r.cells[pair].mean for r in table.rows if not r.is_header and pair in r.cells), reverse=True
+                )
                 if len(means) > 1:
                     assert means[0] == means[1] or means[0] - means[1] > 1e-9, (suite, pair, means[:2])
 
@@ -229,8 +306,9 @@ def test_written_files(agg):
     summary, out = agg
     assert summary.suites == ["cifar100", "fixture"]
     names = sorted(p.name for p in summary.tables)
-    assert names == sorted(f"{s}_{t}.{e}" for s in ("cifar100", "fixture") for t in ("last", "best")
-                           for e in ("md", "tex", "csv"))
+    assert names == sorted(
+        f"{s}_{t}.{e}" for s in ("cifar100", "fixture") for t in ("last", "best") for e in ("md", "tex", "csv")
+    )
 
 
 # --------------------------------------------------------------------------- skip and count
@@ -239,8 +317,12 @@ def test_written_files(agg):
 def test_bad_records_are_skipped_and_counted(agg):
     summary, _ = agg
     assert (summary.skipped_corrupt, summary.failed, summary.running, summary.duplicates) == (2, 1, 1, 0)
-    n_good = sum(len(v) for m in FIXTURE_VALUES.values() for v in m.values()) + 12 + sum(
-        len(v) for v in CIFAR_VALUES.values()) + sum(len(v) for v in CIFAR_COMMUNITY_VALUES.values())
+    n_good = (
+        sum(len(v) for m in FIXTURE_VALUES.values() for v in m.values())
+        + 12
+        + sum(len(v) for v in CIFAR_VALUES.values())
+        + sum(len(v) for v in CIFAR_COMMUNITY_VALUES.values())
+    )
     assert summary.loaded == n_good
     assert summary.found == n_good + 4
     reasons = {Path(p).parent.parent.name + "/" + kind: reason for p, kind, reason in summary.skipped}
@@ -289,8 +371,10 @@ def test_welch_p():
 def test_welch_marking_in_fixture_tables(agg):
     _, out = agg
     frame = _csv(out, "fixture_last")
-    expected = {P1: {"dkd": (True, False), "crd": (False, True), "kd": (False, False), "ckd": (False, False)},
-                P2: {"ckd": (True, False), "dkd": (False, True), "crd": (False, False), "kd": (False, False)}}
+    expected = {
+        P1: {"dkd": (True, False), "crd": (False, True), "kd": (False, False), "ckd": (False, False)},
+        P2: {"ckd": (True, False), "dkd": (False, True), "crd": (False, False), "kd": (False, False)},
+    }
     for pair, methods in expected.items():
         for method, (best, dagger) in methods.items():
             row = _row(frame, pair, method)
@@ -307,11 +391,16 @@ def test_welch_marking_constructed(tmp_path):
             synthetic.write(tmp_path / "w", make_record("s", "t", "st", method, seed, last, teacher_top1=82.0))
     aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
     frame = pd.read_csv(tmp_path / "t" / "s_last.csv", keep_default_na=False)
-    flags = {m: (_row(frame, ("t", "st"), m)["best"], _row(frame, ("t", "st"), m)["indistinguishable_from_best"])
-             for m in values}
-    assert flags == {"dkd": ("True", "False"), "crd": ("False", "True"),  # close, noisy: must be marked
-                     "kd": ("False", "False"),  # 5 points below: must not be marked
-                     "fitnet": ("False", "True")}  # one seed: cannot be tested, marked
+    flags = {
+        m: (_row(frame, ("t", "st"), m)["best"], _row(frame, ("t", "st"), m)["indistinguishable_from_best"])
+        for m in values
+    }
+    assert flags == {
+        "dkd": ("True", "False"),
+        "crd": ("False", "True"),  # close, noisy: must be marked
+        "kd": ("False", "False"),  # 5 points below: must not be marked
+        "fitnet": ("False", "True"),
+    }  # one seed: cannot be tested, marked
     md = (tmp_path / "t" / "s_last.md").read_text()
     assert "**80.03 ± 0.15 (3)**" in md and "79.93 ± 0.42 (3)†" in md and "79.00 (1)†" in md
     assert "‡" in md  # no teacher run: from teacher_top1
@@ -334,8 +423,9 @@ def test_delta_against_published(agg):
     kd = _row(last, CIFAR, "kd")
     assert float(kd["published"]) == pytest.approx(73.33, abs=CSV_TOL)  # printed "%.4f"
     assert float(kd["delta"]) == pytest.approx((73.50 + 73.70 + 73.40) / 3 - 73.33, abs=CSV_TOL)
-    assert float(_row(last, CIFAR, "teacher")["delta"]) == pytest.approx((79.30 + 79.50 + 79.45) / 3 - 79.42,
-                                                                         abs=CSV_TOL)
+    assert float(_row(last, CIFAR, "teacher")["delta"]) == pytest.approx(
+        (79.30 + 79.50 + 79.45) / 3 - 79.42, abs=CSV_TOL
+    )
     assert float(_row(last, CIFAR, "ce")["published"]) == pytest.approx(72.50, abs=CSV_TOL)  # 'student' -> ce
     # DKD is published at the best epoch: compared in the best table only.
     assert _row(last, CIFAR, "dkd")["delta"] == ""
@@ -357,10 +447,17 @@ def test_teacher_source_and_delta_mark(agg):
     last = _csv(out, "cifar100_last")
     community = COMMUNITY_SHA[:12]
     # CIFAR_COMMUNITY: the CE runs are derived community from their sha256, the KD runs say so.
-    assert [(_row(last, CIFAR_COMMUNITY, m)["teacher_source"], _row(last, CIFAR_COMMUNITY, m)["delta_comparable"])
-            for m in ("teacher", "ce", "kd")] == [("community", "True"), ("", "True"), ("community", "True")]
+    assert [
+        (_row(last, CIFAR_COMMUNITY, m)["teacher_source"], _row(last, CIFAR_COMMUNITY, m)["delta_comparable"])
+        for m in ("teacher", "ce", "kd")
+    ] == [("community", "True"), ("", "True"), ("community", "True")]
     assert [_row(last, CIFAR, m)["delta_comparable"] for m in ("teacher", "ce", "kd", "fitnet", "dkd")] == [
-        "False", "True", "False", "False", ""]
+        "False",
+        "True",
+        "False",
+        "False",
+        "",
+    ]
     md = (out / "tables" / "cifar100_last.md").read_text()
     assert f"| Teacher source | community {community} |   trained, top-1 79.42 |" in md
     assert "+0.20 (73.33 [1])§" in md and "-0.11 (70.66 [1]) " in md  # KD: trained teacher vs community
@@ -393,8 +490,9 @@ def test_best_epoch_table_is_labelled(agg):
     md = (out / "tables" / "fixture_best.md").read_text()
     assert md.startswith("# fixture: top-1 accuracy (%), best epoch")
     assert "at the best epoch" in md and "optimistic" in md
-    assert r"\caption{fixture: top-1 accuracy (\%) at the best epoch" in (
-        out / "tables" / "fixture_best.tex").read_text()
+    assert (
+        r"\caption{fixture: top-1 accuracy (\%) at the best epoch" in (out / "tables" / "fixture_best.tex").read_text()
+    )
 
 
 def test_teacher_from_teacher_top1_and_column_order(agg):
@@ -415,8 +513,12 @@ def test_teacher_from_teacher_top1_and_column_order(agg):
 
 def test_deterministic(agg, tmp_path):
     summary, out = agg
-    again = aggregate([FIXTURES], tmp_path / "tables", tmp_path / "reports",
-                      bench_json=out / "reports" / "bench" / "loss_complexity.json")
+    again = aggregate(
+        [FIXTURES],
+        tmp_path / "tables",
+        tmp_path / "reports",
+        bench_json=out / "reports" / "bench" / "loss_complexity.json",
+    )
     for produced in summary.tables + summary.plots + summary.index:
         other = tmp_path / produced.relative_to(out)
         assert other.read_bytes() == produced.read_bytes(), produced.name
@@ -465,6 +567,7 @@ def test_complexity_plot_skipped_without_json(tmp_path):
 
 def test_declared_pair_order(monkeypatch, tmp_path):
     import types
+
     for t, s in (("a", "b"), ("z", "y")):
         synthetic.write(tmp_path / "w", make_record("s", t, s, "kd", 0, 70.0))
     suites = types.ModuleType("benchmark.suites")
@@ -491,13 +594,38 @@ def test_cli_missing_work_dir(tmp_path, capsys):
 
 def test_cli_empty_and_ok(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["--work-dir", str(tmp_path / "empty"), "--tables", str(tmp_path / "t"),
-                 "--reports", str(tmp_path / "r"), "-q"]) == 1
+    assert (
+        main(
+            [
+                "--work-dir",
+                str(tmp_path / "empty"),
+                "--tables",
+                str(tmp_path / "t"),
+                "--reports",
+                str(tmp_path / "r"),
+                "-q",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no usable run record" in err and err.count("\n") == 1
     synthetic.write(tmp_path / "w", make_record("s", "t", "st", "kd", 0, 70.0))
-    assert main(["--work-dir", str(tmp_path / "w"), "--work-dir", str(tmp_path / "empty"),
-                 "--tables", str(tmp_path / "t"), "--reports", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--work-dir",
+                str(tmp_path / "empty"),
+                "--tables",
+                str(tmp_path / "t"),
+                "--reports",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     assert "1 loaded, 0 skipped (corrupt), 0 failed runs, 0 running" in capsys.readouterr().out
     assert (tmp_path / "t" / "s_last.md").is_file() and (tmp_path / "r" / "index.html").is_file()
 
@@ -505,8 +633,13 @@ def test_cli_empty_and_ok(tmp_path, capsys):
 def test_cli_script_exit_code(tmp_path):
     """``python benchmark/aggregate.py`` works as a script (no PYTHONPATH) and fails in one line."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmark" / "aggregate.py"), "--work-dir",
-                           str(tmp_path / "missing")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmark" / "aggregate.py"), "--work-dir", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: work dir not found: {tmp_path / 'missing'}"]
 
@@ -531,10 +664,18 @@ def test_rows_mixing_world_sizes_are_marked(tmp_path):
     from benchmark.report.synthetic import ENV, make_record, write
 
     for seed in (0, 1):
-        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 90.0 + seed,
-                                          env={**ENV, "world_size": 1 + seed}))
-        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "dkd", seed, 91.0 + seed,
-                                          env={**ENV, "world_size": 2}))
+        write(
+            tmp_path / "w",
+            make_record(
+                "digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 90.0 + seed, env={**ENV, "world_size": 1 + seed}
+            ),
+        )
+        write(
+            tmp_path / "w",
+            make_record(
+                "digits", "small_cnn_w32", "small_cnn_w8", "dkd", seed, 91.0 + seed, env={**ENV, "world_size": 2}
+            ),
+        )
     aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
     text = (tmp_path / "t" / "digits_last.md").read_text()
     assert "Rows mixing runs on different numbers of DDP processes: KD (1, 2 processes)." in text
@@ -546,11 +687,18 @@ def test_rows_mixing_world_sizes_are_marked(tmp_path):
 COCO_PAIRS = (("frcnn_r101", "frcnn_r18"), ("frcnn_r50", "frcnn_mobilenetv2"))
 # Last-epoch bbox mAP per seed; AP50 / AP75 follow from it. Pair 1: DKD best, KD inseparable; pair 2: KD best.
 COCO_VALUES = {
-    COCO_PAIRS[0]: {"ce": [30.1, 30.4, 30.2], "kd": [31.9, 32.3, 32.0], "dkd": [32.2, 32.4, 32.1], "fitnet": [30.9, 31.0, 31.2]},
+    COCO_PAIRS[0]: {
+        "ce": [30.1, 30.4, 30.2],
+        "kd": [31.9, 32.3, 32.0],
+        "dkd": [32.2, 32.4, 32.1],
+        "fitnet": [30.9, 31.0, 31.2],
+    },
     COCO_PAIRS[1]: {"ce": [28.0, 28.3, 28.1], "kd": [29.6, 29.7, 29.8], "ckd": [29.0, 29.3, 29.1]},
 }
-COCO_TEACHERS = {"frcnn_r101": ("faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth", 39.4),
-                 "frcnn_r50": ("faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth", 37.4)}
+COCO_TEACHERS = {
+    "frcnn_r101": ("faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth", 39.4),
+    "frcnn_r50": ("faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth", 37.4),
+}
 COCO_NAMES = ["mAP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
@@ -560,18 +708,43 @@ def coco_record(pair, method: str, seed: int, last: float, epochs: int = 3):
     teacher_file, teacher_ap = COCO_TEACHERS[pair[0]]
     distilled = method != "ce"
     record = RunRecord(
-        suite="coco", pair=f"{pair[0]}-{pair[1]}", teacher=pair[0], student=pair[1], method=method, recipe="unified",
-        recipe_hash=hashlib.sha256(f"coco|{method}".encode()).hexdigest()[:12], seed=seed, epochs=epochs,
-        batch_size=16, lr=0.02, metric_names=list(COCO_NAMES),
+        suite="coco",
+        pair=f"{pair[0]}-{pair[1]}",
+        teacher=pair[0],
+        student=pair[1],
+        method=method,
+        recipe="unified",
+        recipe_hash=hashlib.sha256(f"coco|{method}".encode()).hexdigest()[:12],
+        seed=seed,
+        epochs=epochs,
+        batch_size=16,
+        lr=0.02,
+        metric_names=list(COCO_NAMES),
         teacher_checkpoint_sha256=hashlib.sha256(teacher_file.encode()).hexdigest() if distilled else None,
-        teacher_top1=teacher_ap if distilled else None, wall_time_s=3600.0 + seed, images_per_s=20.0 + seed,
+        teacher_top1=teacher_ap if distilled else None,
+        wall_time_s=3600.0 + seed,
+        images_per_s=20.0 + seed,
         env=dict(synthetic.ENV, mmdet="3.3.0", mmcv="2.1.0"),
-        extra={"teacher_source": "community", "teacher_file": teacher_file} if distilled else {})
+        extra={"teacher_source": "community", "teacher_file": teacher_file} if distilled else {},
+    )
     for epoch in range(1, epochs + 1):
-        ap = round(last - 0.6 * (epochs - epoch) + (0.8 if epoch == epochs - 1 else 0.0), 2)  # best: the epoch before the last
-        record.curve.append(EpochPoint(epoch=epoch, loss=round(1.5 - 0.1 * epoch, 4), metrics={
-            "mAP": ap, "AP50": round(ap + 19.5, 2), "AP75": round(ap + 1.8, 2), "APs": round(ap - 13.0, 2),
-            "APm": round(ap + 2.5, 2), "APl": round(ap + 10.0, 2)}))
+        ap = round(
+            last - 0.6 * (epochs - epoch) + (0.8 if epoch == epochs - 1 else 0.0), 2
+        )  # best: the epoch before the last
+        record.curve.append(
+            EpochPoint(
+                epoch=epoch,
+                loss=round(1.5 - 0.1 * epoch, 4),
+                metrics={
+                    "mAP": ap,
+                    "AP50": round(ap + 19.5, 2),
+                    "AP75": round(ap + 1.8, 2),
+                    "APs": round(ap - 13.0, 2),
+                    "APm": round(ap + 2.5, 2),
+                    "APl": round(ap + 10.0, 2),
+                },
+            )
+        )
     record.finalise_curve()
     record.status = "completed"
     return record
@@ -632,10 +805,24 @@ def test_rows_of_non_reference_recipes_are_marked(tmp_path):
     from benchmark.report.synthetic import make_record, write
 
     for seed in (0, 1):
-        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "fitnet", seed, 90.0 + seed,
-                                          extra={"recipe": {"notes": ["hint at stride 8; not a reference recipe"]}}))
-        write(tmp_path / "w", make_record("digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 91.0 + seed,
-                                          extra={"recipe": {"notes": []}}))
+        write(
+            tmp_path / "w",
+            make_record(
+                "digits",
+                "small_cnn_w32",
+                "small_cnn_w8",
+                "fitnet",
+                seed,
+                90.0 + seed,
+                extra={"recipe": {"notes": ["hint at stride 8; not a reference recipe"]}},
+            ),
+        )
+        write(
+            tmp_path / "w",
+            make_record(
+                "digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 91.0 + seed, extra={"recipe": {"notes": []}}
+            ),
+        )
     aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
     text = (tmp_path / "t" / "digits_last.md").read_text()
     assert "| FitNet ¶" in text and "| KD ¶" not in text

@@ -4,6 +4,7 @@ scripts (``benchmark/run.py``, ``benchmark/aggregate.py``) → ``sweep/`` → ``
 ``methods/``, ``models/``, ``data/``, ``suites/``, ``detection/``, ``report/`` are leaves. Function-level
 imports count like module-level ones: a cycle held open by a late import is still a cycle.
 """
+
 from __future__ import annotations
 
 import ast
@@ -32,9 +33,13 @@ def imported(path: Path, name: str, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     # Imports under ``if TYPE_CHECKING:`` never run (type hints only): they are not part of the graph.
-    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
-                   for stmt in node.body for inner in ast.walk(stmt)}
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     targets = set()
     for node in ast.walk(tree):
         if id(node) in typing_only:
@@ -102,16 +107,24 @@ def test_no_import_cycle():
     assert cycles == [], cycles
 
 
-@pytest.mark.parametrize("layer, forbidden", [
-    ("benchmark.store", ("benchmark.train", "benchmark.sweep", "benchmark.report", "benchmark.suites")),
-    ("benchmark.train", ("benchmark.sweep",)),
-    ("benchmark.report", ("benchmark.train", "benchmark.sweep")),
-    ("methods", ("benchmark",)),
-    ("benchmark.suites", ("benchmark.train", "benchmark.sweep", "benchmark.report")),
-])
+@pytest.mark.parametrize(
+    "layer, forbidden",
+    [
+        ("benchmark.store", ("benchmark.train", "benchmark.sweep", "benchmark.report", "benchmark.suites")),
+        ("benchmark.train", ("benchmark.sweep",)),
+        ("benchmark.report", ("benchmark.train", "benchmark.sweep")),
+        ("methods", ("benchmark",)),
+        ("benchmark.suites", ("benchmark.train", "benchmark.sweep", "benchmark.report")),
+    ],
+)
 def test_imports_go_one_way(layer, forbidden):
-    bad = [(name, target) for name, targets in graph().items() if name == layer or name.startswith(layer + ".")
-           for target in targets if target.startswith(forbidden)]
+    bad = [
+        (name, target)
+        for name, targets in graph().items()
+        if name == layer or name.startswith(layer + ".")
+        for target in targets
+        if target.startswith(forbidden)
+    ]
     assert bad == []
 
 
@@ -124,13 +137,17 @@ def test_only_sweep_cluster_imports_submitit_and_only_scripts_and_options_parse_
     for name, path in modules().items():
         text = path.read_text()
         tree = ast.parse(text)
-        names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
         names |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         if "submitit" in names:
             assert name.startswith("benchmark.sweep.cluster"), name
         if "argparse" in names:
             # Scripts: the two CLIs, the benchmark and install tools run with ``python -m``; the sweep's one parser.
-            assert name in SCRIPTS | {"benchmark.sweep.options"} or name.startswith(("benchmark.bench.", "benchmark.tools.")), name
+            assert name in SCRIPTS | {"benchmark.sweep.options"} or name.startswith(
+                ("benchmark.bench.", "benchmark.tools.")
+            ), name
 
 
 def test_no_file_over_the_limit():
@@ -141,7 +158,9 @@ def test_no_file_over_the_limit():
 def test_no_getattr_on_a_suite_and_the_record_file_named_once():
     for name, path in modules().items():
         text = path.read_text()
-        assert "getattr(suite" not in text and "getattr(spec.suite" not in text and "getattr(self.suite" not in text, name
+        assert "getattr(suite" not in text and "getattr(spec.suite" not in text and "getattr(self.suite" not in text, (
+            name
+        )
         assert "hasattr(suite" not in text and "hasattr(spec.suite" not in text, name
         if name != "benchmark.store.records":
             assert '"record.json"' not in text and "'record.json'" not in text, name

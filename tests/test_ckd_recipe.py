@@ -5,6 +5,7 @@ The expected values are written here again, independently of
 ``configs/cifar100/ckd/<pair>.yaml`` (Zhu et al., 2024): every config there has
 480 epochs, cosine to 0 stepped per epoch, SGD momentum 0.9, wd 5e-4, CE weight 1.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -78,8 +79,13 @@ def test_unified_recipe_unchanged_for_ckd():
         s = recipe.schedule
         low = pair.student in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
         assert recipe.method == {"type": "ckd"} and recipe.notes == ()
-        assert (s.epochs, s.batch_size, s.lr, s.kind, s.milestones) == (240, 64, 0.01 if low else 0.05, "step",
-                                                                         (150, 180, 210))
+        assert (s.epochs, s.batch_size, s.lr, s.kind, s.milestones) == (
+            240,
+            64,
+            0.01 if low else 0.05,
+            "step",
+            (150, 180, 210),
+        )
 
 
 def test_paper_recipe_of_other_methods_is_not_ckds():
@@ -119,7 +125,12 @@ def test_config_built_from_the_recipe():
     assert cfg.optim_wrapper.optimizer.lr == 0.05 and cfg.optim_wrapper.optimizer.momentum == 0.9
     assert cfg.optim_wrapper.optimizer.weight_decay == 5e-4
     scheduler = cfg.param_scheduler[0]
-    assert (scheduler.type, scheduler.T_max, scheduler.eta_min, scheduler.by_epoch) == ("CosineAnnealingLR", 480, 0.0, True)
+    assert (scheduler.type, scheduler.T_max, scheduler.eta_min, scheduler.by_epoch) == (
+        "CosineAnnealingLR",
+        480,
+        0.0,
+        True,
+    )
     assert cfg.train_cfg.max_epochs == 480
     assert cfg.model.method == {"type": "ckd", "cl_weight": 50.0, "temperature": 2.0, "ce_weight": 1.0}
 
@@ -127,8 +138,25 @@ def test_config_built_from_the_recipe():
 def test_dry_run_shows_the_per_pair_recipe(capsys, tmp_path):
     from benchmark.run import main
 
-    assert main(["--suite", "cifar100", "--methods", "ckd", "--recipe", "paper", "--dry-run", "--no-baseline",
-                 "--seeds", "1", "--work-dir", str(tmp_path / "w")]) == 0
+    assert (
+        main(
+            [
+                "--suite",
+                "cifar100",
+                "--methods",
+                "ckd",
+                "--recipe",
+                "paper",
+                "--dry-run",
+                "--no-baseline",
+                "--seeds",
+                "1",
+                "--work-dir",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     for name, (batch, lr, cl_weight, tau) in {**OFFICIAL, **NO_CONFIG}.items():
         line = next(line for line in out.splitlines() if f"] {name} ckd seed0 " in line)

@@ -1,4 +1,5 @@
 """Run-directory claims: flock (default) and the heartbeat lease (for filesystems without locks)."""
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ def test_a_lease_whose_heartbeat_stopped_is_taken_over(monkeypatch, tmp_path):
     run_dir.mkdir()
     old = time.time() - 10 * claims.STALE_S
     # Another host: its pid cannot be checked, only its heartbeat.
-    (run_dir / claims.LEASE_FILE).write_text(json.dumps({"host": "node-17", "pid": 4242, "since": old, "heartbeat": old}))
+    (run_dir / claims.LEASE_FILE).write_text(
+        json.dumps({"host": "node-17", "pid": 4242, "since": old, "heartbeat": old})
+    )
     said: list[str] = []
     with claim(run_dir, say=said.append) as holder:
         assert holder.pid == os.getpid()
@@ -83,7 +86,9 @@ def test_a_live_lease_from_another_host_is_respected(monkeypatch, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     now = time.time()
-    (run_dir / claims.LEASE_FILE).write_text(json.dumps({"host": "node-17", "pid": 4242, "since": now, "heartbeat": now}))
+    (run_dir / claims.LEASE_FILE).write_text(
+        json.dumps({"host": "node-17", "pid": 4242, "since": now, "heartbeat": now})
+    )
     with pytest.raises(ClaimHeld, match="pid 4242 on node-17"):
         with claim(run_dir, **quiet):
             pass
@@ -95,7 +100,10 @@ def test_the_lease_heartbeat_is_refreshed(monkeypatch, tmp_path):
     with claim(tmp_path / "run", **quiet) as holder:
         first = json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"]
         deadline = time.time() + 120
-        while json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"] == first and time.time() < deadline:
+        while (
+            json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"] == first
+            and time.time() < deadline
+        ):
             time.sleep(0.05)
         assert json.loads((tmp_path / "run" / claims.LEASE_FILE).read_text())["heartbeat"] > first
         assert holder.heartbeat > holder.since

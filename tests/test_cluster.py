@@ -4,6 +4,7 @@ No Slurm is needed: local jobs are real processes (submitit's LocalExecutor) run
 digits suite, and tests/fake_slurm stands in for sbatch/sacct/squeue/scancel/srun — sbatch keeps
 every submitted script and answers a fake job id, sacct/squeue answer from a state file.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,13 @@ def run_dir(work: Path, seed: int = 0, variant: str = "unified-e2", method: str 
 
 
 def summary(record) -> tuple:
-    return record.status, [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve], record.last_top1, record.best_top1, record.best_epoch
+    return (
+        record.status,
+        [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve],
+        record.last_top1,
+        record.best_top1,
+        record.best_epoch,
+    )
 
 
 def job_logs(work: Path) -> str:
@@ -54,7 +61,11 @@ def job_logs(work: Path) -> str:
 
 
 def starts(logs: str, seed: int) -> list[str]:
-    return [line for line in logs.splitlines() if f" kd seed{seed} " in line and re.search(r": (starting|resuming) \|", line)]
+    return [
+        line
+        for line in logs.splitlines()
+        if f" kd seed{seed} " in line and re.search(r": (starting|resuming) \|", line)
+    ]
 
 
 # --------------------------------------------------------------------------- local executor
@@ -68,11 +79,36 @@ def swept(tmp_path_factory):
     by aggregating. Its run directories are the uninterrupted reference of the resume test.
     """
     root = tmp_path_factory.mktemp("swept")
-    argv = [*(a for a in BASE if a != "--no-aggregate"), "--seeds", "2", "--work-dir", str(root / "work"), "--tables", str(root / "tables"), "--reports", str(root / "reports"),
-            "--cluster", "local", "--wait"]
-    env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO), "KD_CLUSTER_POLL_S": "0.3"}
-    procs = [subprocess.Popen([sys.executable, RUN_PY, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    argv = [
+        *(a for a in BASE if a != "--no-aggregate"),
+        "--seeds",
+        "2",
+        "--work-dir",
+        str(root / "work"),
+        "--tables",
+        str(root / "tables"),
+        "--reports",
+        str(root / "reports"),
+        "--cluster",
+        "local",
+        "--wait",
+    ]
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "KD_FAULT"},
+        "PYTHONPATH": str(REPO),
+        "KD_CLUSTER_POLL_S": "0.3",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, RUN_PY, *argv],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = communicate_all(procs, STUCK_S)
     return root / "work", argv, outs, [proc.returncode for proc in procs]
 
@@ -141,7 +177,9 @@ def test_local_wait_ran_the_sweep_to_the_end_then_the_same_command_submits_nothi
     assert (work.parent / "tables" / "digits_last.md").exists()
     records = sorted(work.rglob("record.json"))
     assert len(records) == 3 and all(read_record(p).status == "completed" for p in records)  # teacher + 2 runs
-    assert all(json.loads((run_dir(work, seed) / "submitted.json").read_text())["cluster"] == "local" for seed in (0, 1))
+    assert all(
+        json.loads((run_dir(work, seed) / "submitted.json").read_text())["cluster"] == "local" for seed in (0, 1)
+    )
     before = {p: p.read_bytes() for p in records}
     logs = sorted((work / "jobs").glob("*_log.out"))
 
@@ -220,26 +258,77 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
     from benchmark.sweep.plan import plan_sweep
 
     work = tmp_path / "work"
-    sweep_args = ["--suite", "digits", "--methods", "kd,dkd", "--seeds", "2", "--epochs", "1", "--no-baseline", "--work-dir", str(work)]
-    resources = ["--partition", "gpu", "--cpus-per-run", "4", "--time-limit", "90", "--mem-gb", "16", "--array-parallelism", "3",
-                 "--slurm", "account=abc", "--slurm", "qos=high", "--slurm", "constraint=a100", "--slurm", "reservation=kd"]
+    sweep_args = [
+        "--suite",
+        "digits",
+        "--methods",
+        "kd,dkd",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--no-baseline",
+        "--work-dir",
+        str(work),
+    ]
+    resources = [
+        "--partition",
+        "gpu",
+        "--cpus-per-run",
+        "4",
+        "--time-limit",
+        "90",
+        "--mem-gb",
+        "16",
+        "--array-parallelism",
+        "3",
+        "--slurm",
+        "account=abc",
+        "--slurm",
+        "qos=high",
+        "--slurm",
+        "constraint=a100",
+        "--slurm",
+        "reservation=kd",
+    ]
     argv = [*sweep_args, "--cluster", "slurm", *resources]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "teacher small_cnn_w32: submitted as job 4242" in out, out
-    assert "submitted 4 run(s) as array job 4243 (tasks 0-3, at most 3 at once)" in out and "after afterok:4242" in out, out
+    assert (
+        "submitted 4 run(s) as array job 4243 (tasks 0-3, at most 3 at once)" in out and "after afterok:4242" in out
+    ), out
     assert "--status" in out and "--cluster" not in out.split("watch with:")[1], out
     assert sbatch_calls(fake_slurm) == ["4242", "4243"]
 
     teacher_sh, runs_sh = ((fake_slurm.parent / f"sbatch-{i}.sh").read_text() for i in (4242, 4243))
     for script in (teacher_sh, runs_sh):
-        for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=4", "--time=90", "--mem=16GB", "--nodes=1",
-                     "--ntasks-per-node=1", "--signal=USR2@90", "--requeue", "--account=abc", "--qos=high",
-                     "--constraint=a100", "--reservation=kd", "--open-mode=append"):
+        for line in (
+            "--partition=gpu",
+            "--gpus-per-node=1",
+            "--cpus-per-task=4",
+            "--time=90",
+            "--mem=16GB",
+            "--nodes=1",
+            "--ntasks-per-node=1",
+            "--signal=USR2@90",
+            "--requeue",
+            "--account=abc",
+            "--qos=high",
+            "--constraint=a100",
+            "--reservation=kd",
+            "--open-mode=append",
+        ):
             assert f"#SBATCH {line}\n" in script, (line, script)
         assert f"export PYTHONPATH={REPO}" in script
-        assert re.search(r"srun --unbuffered .* -u -m submitit\.core\._submit " + re.escape(str(work / "jobs")), script), script
-    assert "--array" not in teacher_sh and "--dependency" not in teacher_sh and "#SBATCH --job-name=kd-digits-teachers\n" in teacher_sh
+        assert re.search(
+            r"srun --unbuffered .* -u -m submitit\.core\._submit " + re.escape(str(work / "jobs")), script
+        ), script
+    assert (
+        "--array" not in teacher_sh
+        and "--dependency" not in teacher_sh
+        and "#SBATCH --job-name=kd-digits-teachers\n" in teacher_sh
+    )
     assert "#SBATCH --array=0-3%3\n" in runs_sh and "#SBATCH --dependency=afterok:4242\n" in runs_sh, runs_sh
     assert "#SBATCH --kill-on-invalid-dep=yes\n" in runs_sh and "#SBATCH --job-name=kd-digits\n" in runs_sh
     assert re.search(r"#SBATCH --output=.*/jobs/%A_%a_0_log\.out", runs_sh), runs_sh
@@ -253,12 +342,21 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
         parsed, job_run_dir = delayed.args
         assert job_run_dir == expected
         assert parsed.no_aggregate and (parsed.cluster, parsed.wait, parsed.status) == (None, False, False)
-        assert (parsed.suite, parsed.methods, parsed.seeds, parsed.epochs, parsed.work_dir, parsed.cluster) == ("digits", "kd,dkd", 2, 1, str(work), None)
+        assert (parsed.suite, parsed.methods, parsed.seeds, parsed.epochs, parsed.work_dir, parsed.cluster) == (
+            "digits",
+            "kd,dkd",
+            2,
+            1,
+            str(work),
+            None,
+        )
         marker = json.loads((Path(expected) / "submitted.json").read_text())
         assert (marker["cluster"], marker["job_id"]) == ("slurm", f"4243_{index}")
     teacher = DelayedSubmission.load(work / "jobs" / "4242_submitted.pkl")
     assert isinstance(teacher.function, TeacherJob) and teacher.args[1] == "small_cnn_w32"
-    assert hasattr(RunJob, "checkpoint") and delayed.function.checkpoint(*delayed.args).function is delayed.function  # requeues itself
+    assert (
+        hasattr(RunJob, "checkpoint") and delayed.function.checkpoint(*delayed.args).function is delayed.function
+    )  # requeues itself
 
     # Never twice: everything is queued (sacct says PENDING), so the same command submits nothing.
     assert main(argv) == 0
@@ -289,22 +387,60 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
     assert marker["job_id"] == "4244" and marker["previous"][0]["job_id"] == "4243_1"
 
 
-def test_slurm_wait_ends_when_the_jobs_have_ended_and_says_which_runs_did_not_finish(fake_slurm, tmp_path, capsys, monkeypatch):
+def test_slurm_wait_ends_when_the_jobs_have_ended_and_says_which_runs_did_not_finish(
+    fake_slurm, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("KD_FAKE_SLURM_STATE", "CANCELLED")  # the array is cancelled before any task starts
-    argv = ["--suite", "digits", "--methods", "ce", "--seeds", "2", "--epochs", "1", "--no-aggregate", "--work-dir", str(tmp_path / "w"),
-            "--device", "cpu", "--cluster", "slurm", "--wait"]
+    argv = [
+        "--suite",
+        "digits",
+        "--methods",
+        "ce",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--no-aggregate",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--device",
+        "cpu",
+        "--cluster",
+        "slurm",
+        "--wait",
+    ]
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "submitted 2 run(s) as array job 4242" in out, out
     assert "#SBATCH --gpus-per-node" not in (fake_slurm.parent / "sbatch-4242.sh").read_text()  # --device cpu: no GPU
-    assert re.search(r"lost: .*ce/seed1: job 4242_1 ended CANCELLED before starting the run; submit again; log .*4242_1_0_log\.out", out), out
-    assert "[0/2 completed] 0 running, 0 pending, 0 failed, 2 lost" in out and "0 run(s) completed, 0 failed, 2 lost" in out, out
+    assert re.search(
+        r"lost: .*ce/seed1: job 4242_1 ended CANCELLED before starting the run; submit again; log .*4242_1_0_log\.out",
+        out,
+    ), out
+    assert (
+        "[0/2 completed] 0 running, 0 pending, 0 failed, 2 lost" in out
+        and "0 run(s) completed, 0 failed, 2 lost" in out
+    ), out
 
 
 def test_slurm_options_are_checked_before_anything_is_submitted(fake_slurm, tmp_path, capsys):
-    base = ["--suite", "digits", "--methods", "kd", "--seeds", "1", "--work-dir", str(tmp_path / "w"), "--cluster", "slurm"]
-    for bad, needle in ((["--slurm", "time=10"], "use --time-limit"), (["--slurm", "nodes=2"], "multi-node"),
-                        (["--slurm", "noequals=", "--gpus-per-run", "-1"], "--gpus-per-run must be at least 0")):
+    base = [
+        "--suite",
+        "digits",
+        "--methods",
+        "kd",
+        "--seeds",
+        "1",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--cluster",
+        "slurm",
+    ]
+    for bad, needle in (
+        (["--slurm", "time=10"], "use --time-limit"),
+        (["--slurm", "nodes=2"], "multi-node"),
+        (["--slurm", "noequals=", "--gpus-per-run", "-1"], "--gpus-per-run must be at least 0"),
+    ):
         assert main([*base, *bad]) == 2
         assert needle in capsys.readouterr().err
     assert sbatch_calls(fake_slurm) == []
@@ -319,14 +455,40 @@ def test_status_from_the_run_directories_alone_with_no_scheduler(tmp_path, capsy
     from benchmark.sweep.plan import plan_sweep
 
     work = tmp_path / "work"
-    argv = ["--suite", "digits", "--methods", "kd", "--seeds", "7", "--epochs", "4", "--no-baseline", "--work-dir", str(work)]
+    argv = [
+        "--suite",
+        "digits",
+        "--methods",
+        "kd",
+        "--seeds",
+        "7",
+        "--epochs",
+        "4",
+        "--no-baseline",
+        "--work-dir",
+        str(work),
+    ]
     runs = plan_sweep(parse_args(argv)).runs
 
     def record(seed: int, status: str, epochs_done: int, failure: str | None = None) -> None:
         run = runs[seed]
-        rec = RunRecord(suite="digits", pair=PAIR, teacher="small_cnn_w32", student="small_cnn_w8", method="kd", recipe="unified",
-                        recipe_hash=run.recipe.hash, seed=seed, epochs=4, batch_size=64, lr=0.05, status=status, failure=failure,
-                        curve=[EpochPoint(e, 40.0 + 10 * e, 90.0, 1.0) for e in range(1, epochs_done + 1)], wall_time_s=10.0 * epochs_done)
+        rec = RunRecord(
+            suite="digits",
+            pair=PAIR,
+            teacher="small_cnn_w32",
+            student="small_cnn_w8",
+            method="kd",
+            recipe="unified",
+            recipe_hash=run.recipe.hash,
+            seed=seed,
+            epochs=4,
+            batch_size=64,
+            lr=0.05,
+            status=status,
+            failure=failure,
+            curve=[EpochPoint(e, 40.0 + 10 * e, 90.0, 1.0) for e in range(1, epochs_done + 1)],
+            wall_time_s=10.0 * epochs_done,
+        )
         rec.finalise_curve()
         write_record(rec, run.run_dir)
 

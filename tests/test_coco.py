@@ -6,6 +6,7 @@ teacher/student Faster R-CNNs (ResNet-18 layouts at 1/8 width, 96-pixel images, 
 RoIs per image) built from this repository's R-18 config, so that they take seconds on a CPU.
 The CLI tests need no MMDetection.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ from tests.datagen_coco import write_tiny_coco
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "benchmark" / "configs" / "coco"
 PROBLEM = detection_stack_problem()
-needs_mmdet = pytest.mark.skipif(PROBLEM is not None and not os.environ.get("CI"),
-                                 reason=f"fallback outside CI only: {PROBLEM}")
+needs_mmdet = pytest.mark.skipif(
+    PROBLEM is not None and not os.environ.get("CI"), reason=f"fallback outside CI only: {PROBLEM}"
+)
 # MMEngine resolves ``mmdet::`` paths through pkg_resources (setuptools < 81), which warns on each import.
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")
 PAIR = Pair("tiny_t", "tiny_s")
@@ -37,8 +39,9 @@ BATCH = 2
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "benchmark/run.py", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "benchmark/run.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 # --------------------------------------------------------------------------- CLI (no MMDetection needed)
@@ -48,12 +51,28 @@ def test_dry_run_prints_the_plan(tmp_path):
     out = run_cli("--suite", "coco", "--methods", "kd,dkd,ckd,fitnet", "--dry-run", "--work-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "3 pair(s) x 5 method(s) x 3 seed(s) = 45 run(s)" in out.stdout
-    for text in ("frcnn_r101-frcnn_r18 dkd seed0", "frcnn_r101-frcnn_r50 ckd", "frcnn_r50-frcnn_mobilenetv2 fitnet",
-                 "12 ep, bs 16, lr 0.02", "alpha 1, beta 0.25, temperature 1, warmup 1",
-                 "cl_weight 0.1, contrast_rois None"):
+    for text in (
+        "frcnn_r101-frcnn_r18 dkd seed0",
+        "frcnn_r101-frcnn_r50 ckd",
+        "frcnn_r50-frcnn_mobilenetv2 fitnet",
+        "12 ep, bs 16, lr 0.02",
+        "alpha 1, beta 0.25, temperature 1, warmup 1",
+        "cl_weight 0.1, contrast_rois None",
+    ):
         assert text in out.stdout, text
-    paper = run_cli("--suite", "coco", "--methods", "dkd,ckd", "--recipe", "paper", "--dry-run", "--seeds", "1",
-                    "--work-dir", str(tmp_path))
+    paper = run_cli(
+        "--suite",
+        "coco",
+        "--methods",
+        "dkd,ckd",
+        "--recipe",
+        "paper",
+        "--dry-run",
+        "--seeds",
+        "1",
+        "--work-dir",
+        str(tmp_path),
+    )
     assert paper.returncode == 0 and "12 ep, bs 8, lr 0.01" in paper.stdout, paper.stdout + paper.stderr
     assert "cl_weight 0.1, contrast_rois 1024" in paper.stdout
 
@@ -66,8 +85,20 @@ def test_crd_is_refused_with_one_line(method, tmp_path):
 
 
 def test_missing_dataset_stops_with_one_line(tmp_path):
-    out = run_cli("--suite", "coco", "--methods", "ce", "--no-baseline", "--seeds", "1", "--data-root", str(tmp_path / "nowhere"),
-                  "--work-dir", str(tmp_path / "w"), "--no-aggregate")
+    out = run_cli(
+        "--suite",
+        "coco",
+        "--methods",
+        "ce",
+        "--no-baseline",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(tmp_path / "nowhere"),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--no-aggregate",
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.count("\n") == 1 and "instances_train2017.json is missing" in out.stderr, out.stderr
 
@@ -80,13 +111,28 @@ def test_recipes():
     assert unified.method == {"type": "dkd", "alpha": 1.0, "beta": 0.25, "temperature": 1.0, "warmup": 1}
     s = unified.schedule
     assert (s.epochs, s.batch_size, s.lr, s.weight_decay, s.milestones, s.warmup_iters, s.short_sides) == (
-        12, 16, 0.02, 1e-4, (8, 11), 500, (800,))
+        12,
+        16,
+        0.02,
+        1e-4,
+        (8, 11),
+        500,
+        (800,),
+    )
     paper = suite.resolve("paper", suite.pairs[0], "ckd").schedule
     assert (paper.batch_size, paper.lr, paper.milestone_iters, paper.warmup_iters, paper.short_sides) == (
-        8, 0.01, (120_000, 160_000), 1000, (640, 672, 704, 736, 768, 800))
+        8,
+        0.01,
+        (120_000, 160_000),
+        1000,
+        (640, 672, 704, 736, 768, 800),
+    )
     # The batch is recorded and the lr follows the linear rule (--batch-sizes); --epochs scales the steps.
     adjusted = unified.adjusted(None, 8)
-    assert isinstance(adjusted.schedule, DetectionSchedule) and (adjusted.schedule.batch_size, adjusted.schedule.lr) == (8, 0.01)
+    assert isinstance(adjusted.schedule, DetectionSchedule) and (
+        adjusted.schedule.batch_size,
+        adjusted.schedule.lr,
+    ) == (8, 0.01)
     assert suite.resolve("paper", suite.pairs[0], "kd").adjusted(6, None).schedule.milestone_iters == (60_000, 80_000)
     assert set(METHODS) == {"ce", "kd", "dkd", "ckd", "fitnet"}
     assert suite.teacher_files("frcnn_r101") == ("frcnn_r101.pth", "faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth")
@@ -133,21 +179,42 @@ def test_detection_records_and_the_old_schema():
     """Schema 2 holds the suite's metrics; a schema-1 (top-1 only) record still reads."""
     from benchmark.store.records import EpochPoint
 
-    record = RunRecord(suite="coco", pair="a-b", teacher="a", student="b", method="kd", recipe="unified",
-                       recipe_hash="x", seed=0, epochs=2, batch_size=16, lr=0.02,
-                       metric_names=["mAP", "AP50", "AP75", "APs", "APm", "APl"])
-    values = ({"mAP": 20.0, "AP50": 40.0, "AP75": 19.0, "APs": None, "APm": 21.0, "APl": 30.0},
-              {"mAP": 19.5, "AP50": 41.0, "AP75": 18.0, "APs": None, "APm": 20.0, "APl": 29.0})
+    record = RunRecord(
+        suite="coco",
+        pair="a-b",
+        teacher="a",
+        student="b",
+        method="kd",
+        recipe="unified",
+        recipe_hash="x",
+        seed=0,
+        epochs=2,
+        batch_size=16,
+        lr=0.02,
+        metric_names=["mAP", "AP50", "AP75", "APs", "APm", "APl"],
+    )
+    values = (
+        {"mAP": 20.0, "AP50": 40.0, "AP75": 19.0, "APs": None, "APm": 21.0, "APl": 30.0},
+        {"mAP": 19.5, "AP50": 41.0, "AP75": 18.0, "APs": None, "APm": 20.0, "APl": 29.0},
+    )
     record.curve = [EpochPoint(epoch=i + 1, loss=1.0, metrics=v) for i, v in enumerate(values)]
     record.finalise_curve()
     record.status = "completed"
-    assert (record.best_epoch, record.last_value(), record.best_value(), record.best_value("AP50")) == (1, 19.5, 20.0, 40.0)
+    assert (record.best_epoch, record.last_value(), record.best_value(), record.best_value("AP50")) == (
+        1,
+        19.5,
+        20.0,
+        40.0,
+    )
     assert record.last_top1 is None and record.headline() == "mAP last 19.50 best 20.00"
     again = RunRecord.from_dict(record.to_dict())
     assert again == record and again.curve[0].value("APs") is None
     old = {**record.to_dict()}
     old.update(schema_version=1, metric_names=["top1", "top5"], last_metrics={}, best_metrics={})
-    old["curve"] = [{"epoch": 1, "top1": 70.0, "top5": 90.0, "loss": 1.0}, {"epoch": 2, "top1": 71.0, "top5": 91.0, "loss": 0.9}]
+    old["curve"] = [
+        {"epoch": 1, "top1": 70.0, "top5": 90.0, "loss": 1.0},
+        {"epoch": 2, "top1": 71.0, "top5": 91.0, "loss": 0.9},
+    ]
     old.update(last_top1=71.0, last_top5=91.0, best_top1=71.0, best_top5=91.0, best_epoch=2)
     for key in ("metric_names", "last_metrics", "best_metrics"):
         del old[key]
@@ -201,7 +268,11 @@ def tiny(tmp_path_factory):
     networks = {}
     for name, width in (("tiny_t", 16), ("tiny_s", 8)):
         path = root / f"{name}.py"
-        path.write_text(TINY.format(base=base.as_posix(), width=width, w2=2 * width, w4=4 * width, w8=8 * width, rois=ROIS_PER_IMAGE))
+        path.write_text(
+            TINY.format(
+                base=base.as_posix(), width=width, w2=2 * width, w4=4 * width, w8=8 * width, rois=ROIS_PER_IMAGE
+            )
+        )
         networks[name] = str(path)
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope("mmdet"):
@@ -210,22 +281,47 @@ def tiny(tmp_path_factory):
     checkpoint = root / "teachers" / "tiny_t.pth"
     checkpoint.parent.mkdir()
     torch.save({"state_dict": teacher.state_dict(), "meta": {"note": "tiny test teacher"}}, checkpoint)
-    suite = DetectionSuite(name="coco_tiny", num_classes=80, pairs=(PAIR,), recipes={"unified": unified},
-                           dataset_base="unused", networks=networks)
+    suite = DetectionSuite(
+        name="coco_tiny",
+        num_classes=80,
+        pairs=(PAIR,),
+        recipes={"unified": unified},
+        dataset_base="unused",
+        networks=networks,
+    )
     return {"data": data, "networks": networks, "checkpoint": checkpoint, "suite": suite}
 
 
 def tiny_spec(tiny, method: str, run_dir: Path, epochs: int = 1, **method_cfg):
-    from benchmark.train import RunSpec
     from benchmark.suites.coco import METHOD_SETTINGS, DetectionSchedule
+    from benchmark.train import RunSpec
 
-    schedule = DetectionSchedule(epochs=epochs, batch_size=BATCH, lr=0.01, momentum=0.9, weight_decay=1e-4, kind="step",
-                                 milestones=(max(1, epochs - 1),), warmup_iters=1, short_sides=(96,), max_size=128,
-                                 test_short_side=96)
+    schedule = DetectionSchedule(
+        epochs=epochs,
+        batch_size=BATCH,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        kind="step",
+        milestones=(max(1, epochs - 1),),
+        warmup_iters=1,
+        short_sides=(96,),
+        max_size=128,
+        test_short_side=96,
+    )
     recipe = ResolvedRecipe("unified", schedule, {"type": method, **METHOD_SETTINGS[method], **method_cfg})
-    return RunSpec(suite=tiny["suite"], pair=PAIR, method=method, recipe=recipe, seed=0, run_dir=run_dir,
-                   data_root=str(tiny["data"]), teacher_checkpoint=None if method == "ce" else str(tiny["checkpoint"]),
-                   teacher_checkpoint_sha256=None if method == "ce" else "test", num_workers=0)
+    return RunSpec(
+        suite=tiny["suite"],
+        pair=PAIR,
+        method=method,
+        recipe=recipe,
+        seed=0,
+        run_dir=run_dir,
+        data_root=str(tiny["data"]),
+        teacher_checkpoint=None if method == "ce" else str(tiny["checkpoint"]),
+        teacher_checkpoint_sha256=None if method == "ce" else "test",
+        num_workers=0,
+    )
 
 
 class Probe(Hook):
@@ -245,8 +341,13 @@ class Probe(Hook):
 
         def keep_student(x, sampling_results):
             out = student_loss(x, sampling_results)
-            self.student_rois.append((student_head.sampled.rois.detach().clone(), student_head.sampled.labels.clone(),
-                                      [len(r.pos_priors) for r in sampling_results]))
+            self.student_rois.append(
+                (
+                    student_head.sampled.rois.detach().clone(),
+                    student_head.sampled.labels.clone(),
+                    [len(r.pos_priors) for r in sampling_results],
+                )
+            )
             return out
 
         def keep_teacher(x, rois):
@@ -265,7 +366,9 @@ class Probe(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         teacher = runner.model.teacher
-        self.teacher_modes.append(not any(m.training for m in teacher.modules()) and not any(p.requires_grad for p in teacher.parameters()))
+        self.teacher_modes.append(
+            not any(m.training for m in teacher.modules()) and not any(p.requires_grad for p in teacher.parameters())
+        )
 
     def after_train(self, runner) -> None:
         self.after = {k: v.clone() for k, v in runner.model.teacher.state_dict().items()}
@@ -326,7 +429,9 @@ def test_distillation_trains_through_the_runner(method, tiny, tmp_path):
     assert not any(k.startswith("teacher.") for k in state) and "roi_head.bbox_head.fc_cls.weight" in state
     assert record.runtime["teacher_forward_ms"] > 0 and record.images_per_s > 0
     # Training checkpoints leave the teacher out (it is reloaded from its own file).
-    checkpoint = torch.load(next((tmp_path / method / "mmengine").glob("epoch_*.pth")), map_location="cpu", weights_only=False)
+    checkpoint = torch.load(
+        next((tmp_path / method / "mmengine").glob("epoch_*.pth")), map_location="cpu", weights_only=False
+    )
     assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
     assert any(k.startswith("student.") for k in checkpoint["state_dict"])
 
@@ -346,7 +451,12 @@ def test_resume_leaves_the_record_of_an_uninterrupted_run(tiny, tmp_path):
     torch.set_num_threads(1)
 
     def summary(record):
-        return [(p.epoch, p.metrics, p.loss) for p in record.curve], record.last_metrics, record.best_metrics, record.best_epoch
+        return (
+            [(p.epoch, p.metrics, p.loss) for p in record.curve],
+            record.last_metrics,
+            record.best_metrics,
+            record.best_epoch,
+        )
 
     straight = tiny_spec(tiny, "dkd", tmp_path / "straight", epochs=2)
     whole = execute(straight, 4, new_record(straight), resume=False)
@@ -380,7 +490,8 @@ def test_student_alone_and_a_missing_teacher(tiny, tmp_path):
     cfg = build_config(paper, 4)
     assert cfg.param_scheduler == [
         dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=1000),
-        dict(type="MultiStepLR", by_epoch=False, begin=0, milestones=[120_000, 160_000], gamma=0.1)]
+        dict(type="MultiStepLR", by_epoch=False, begin=0, milestones=[120_000, 160_000], gamma=0.1),
+    ]
     resize = [t for t in cfg.train_dataloader.dataset.pipeline if "Resize" in t["type"]]
     assert resize == [dict(type="RandomChoiceResize", scales=[(128, 64), (128, 80), (128, 96)], keep_ratio=True)]
     broken = tiny_spec(tiny, "kd", tmp_path / "broken")
@@ -395,9 +506,22 @@ def test_a_teacher_checkpoint_is_evaluated_with_the_coco_metric(tiny):
     torch.set_num_threads(1)
     values = tiny["suite"].evaluate_teacher("tiny_t", tiny["checkpoint"], str(tiny["data"]), "cpu", num_workers=0)
     assert set(values) == {"mAP", "AP50", "AP75", "APs", "APm", "APl"} and values["mAP"] is not None
-    record = RunRecord(suite="coco_tiny", pair="tiny_t-tiny_t", teacher="tiny_t", student="tiny_t", method="teacher",
-                       recipe="unified", recipe_hash="x", seed=0, epochs=1, batch_size=2, lr=0.01,
-                       metric_names=list(values), status="completed", extra={"source": "community checkpoint tiny_t.pth"})
+    record = RunRecord(
+        suite="coco_tiny",
+        pair="tiny_t-tiny_t",
+        teacher="tiny_t",
+        student="tiny_t",
+        method="teacher",
+        recipe="unified",
+        recipe_hash="x",
+        seed=0,
+        epochs=1,
+        batch_size=2,
+        lr=0.01,
+        metric_names=list(values),
+        status="completed",
+        extra={"source": "community checkpoint tiny_t.pth"},
+    )
     record.record_evaluation(values)
     assert RunRecord.from_dict(record.to_dict()).last_value() == values["mAP"]
 
@@ -405,9 +529,9 @@ def test_a_teacher_checkpoint_is_evaluated_with_the_coco_metric(tiny):
 @needs_mmdet
 def test_config_files_in_the_repo_build_with_mmengines_runner(tiny, tmp_path):
     """Every config parses; one pair config builds with Runner.from_cfg (MMDetection's own way)."""
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.runner import Runner
-    from mmdet.registry import MODELS
 
     from benchmark.detection.model import DistillationDetector, TruncatedMobileNetV2, model_config
     from methods.dkd import DKD
@@ -453,8 +577,10 @@ def test_contrast_groups_are_whole_images(tiny, tmp_path):
     assert model.contrast_groups(rois, 5) == (62, 64, 32)
     model.contrast_images = None  # contrast_rois None: one contrast over all RoIs
     assert model.contrast_groups(rois, 5) is None
-    for distill, message in (({**cfg.model.distill, "contrast_rois": 48}, "not a positive multiple of the 32 RoIs sampled"),
-                             ({"type": "dkd", "contrast_rois": 64}, "contrast_rois is a setting of CKD")):
+    for distill, message in (
+        ({**cfg.model.distill, "contrast_rois": 48}, "not a positive multiple of the 32 RoIs sampled"),
+        ({"type": "dkd", "contrast_rois": 64}, "contrast_rois is a setting of CKD"),
+    ):
         with pytest.raises(ValueError, match=message):  # refused before the teacher is built
             MODELS.build({**cfg.model, "distill": distill})
 
@@ -516,15 +642,43 @@ def test_coco_tables_from_detection_records(tmp_path):
     values = {"ce": [30.0, 30.4], "kd": [31.0, 31.2], "dkd": [32.0, 32.3]}
     for method, maps in values.items():
         for seed, m in enumerate(maps):
-            record = RunRecord(suite="coco", pair="frcnn_r101-frcnn_r18", teacher="frcnn_r101", student="frcnn_r18",
-                               method=method, recipe="unified", recipe_hash="h" + method, seed=seed, epochs=2,
-                               batch_size=16, lr=0.02, metric_names=["mAP", "AP50", "AP75", "APs", "APm", "APl"],
-                               teacher_checkpoint_sha256=None if method == "ce" else "ab" * 32,
-                               teacher_top1=None if method == "ce" else 39.4,
-                               extra={} if method == "ce" else {"teacher_source": "community",
-                                                                "teacher_file": "faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth"})
-            record.curve = [EpochPoint(epoch=e, loss=1.0, metrics={"mAP": m - 2 + e, "AP50": m + 20 - 2 + e, "AP75": m + 1,
-                                                                   "APs": None, "APm": m, "APl": m + 5}) for e in (1, 2)]
+            record = RunRecord(
+                suite="coco",
+                pair="frcnn_r101-frcnn_r18",
+                teacher="frcnn_r101",
+                student="frcnn_r18",
+                method=method,
+                recipe="unified",
+                recipe_hash="h" + method,
+                seed=seed,
+                epochs=2,
+                batch_size=16,
+                lr=0.02,
+                metric_names=["mAP", "AP50", "AP75", "APs", "APm", "APl"],
+                teacher_checkpoint_sha256=None if method == "ce" else "ab" * 32,
+                teacher_top1=None if method == "ce" else 39.4,
+                extra={}
+                if method == "ce"
+                else {
+                    "teacher_source": "community",
+                    "teacher_file": "faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth",
+                },
+            )
+            record.curve = [
+                EpochPoint(
+                    epoch=e,
+                    loss=1.0,
+                    metrics={
+                        "mAP": m - 2 + e,
+                        "AP50": m + 20 - 2 + e,
+                        "AP75": m + 1,
+                        "APs": None,
+                        "APm": m,
+                        "APl": m + 5,
+                    },
+                )
+                for e in (1, 2)
+            ]
             record.finalise_curve()
             record.status = "completed"
             write_record(record, work / method / f"seed{seed}")

@@ -7,6 +7,7 @@ training test runs the real runner (``benchmark.train.execute`` → ``benchmark.
 COCO of ``tests/test_coco.py`` (2 images per process, 1 iteration per epoch), interrupted after its
 first epoch's checkpoint and resumed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.train.launch import free_port
 from benchmark.store.records import read_record
+from benchmark.train.launch import free_port
 from tests.test_coco import PAIR, needs_mmdet, tiny, tiny_spec  # noqa: F401  (tiny: the module's fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")
@@ -30,8 +31,10 @@ COLUMNS, TEMPERATURE = 6, 0.5
 
 def gather_data() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
-    return (torch.randn(sum(ROWS), COLUMNS, generator=g, dtype=torch.float64),
-            torch.randn(sum(ROWS), COLUMNS, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(sum(ROWS), COLUMNS, generator=g, dtype=torch.float64),
+        torch.randn(sum(ROWS), COLUMNS, generator=g, dtype=torch.float64),
+    )
 
 
 def ckd_step(student: torch.Tensor, teacher: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -94,8 +97,9 @@ def test_nproc_puts_the_ckd_contrast_into_the_coco_recipe():
         unified = with_world_size(suite.resolve("unified", pair, "ckd"), args)
         assert unified.method["contrast"] == contrast and unified.method["contrast_rois"] is None
         assert any(note.startswith("CKD negatives from") for note in unified.notes)
-    paper = with_world_size(suite.resolve("paper", pair, "ckd"), argparse.Namespace(nproc=2, ckd_contrast="global",
-                                                                                    sync_bn=False))
+    paper = with_world_size(
+        suite.resolve("paper", pair, "ckd"), argparse.Namespace(nproc=2, ckd_contrast="global", sync_bn=False)
+    )
     assert "contrast" not in paper.method and paper.method["contrast_rois"] == 1024
     assert any("groups of 1024 RoIs of each process" in note for note in paper.notes)
 
@@ -118,8 +122,11 @@ def test_coco_trains_on_two_processes_and_resumes(tiny, tmp_path, monkeypatch): 
     spec.suite = dataclasses.replace(spec.suite, cpu_threads=1)
     assert pickle.loads(pickle.dumps(spec)).recipe.method == spec.recipe.method  # what a spawned rank receives
     start_processes = torch.multiprocessing.start_processes
-    monkeypatch.setattr(torch.multiprocessing, "start_processes",
-                        lambda *args, **kwargs: start_processes(*args, **{**kwargs, "start_method": "fork"}))
+    monkeypatch.setattr(
+        torch.multiprocessing,
+        "start_processes",
+        lambda *args, **kwargs: start_processes(*args, **{**kwargs, "start_method": "fork"}),
+    )
     monkeypatch.setenv("KD_FAULT", "after_checkpoint INT epoch=1")  # inherited by the spawned ranks
     first = execute(spec, 4, new_record(spec), resume=False, say=lambda _line: None)
     assert first.status == "running" and first.curve == []  # interrupted before epoch 1's validation

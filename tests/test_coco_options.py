@@ -2,6 +2,7 @@
 
 The tiny networks and data of ``tests/test_coco.py``; one iteration through the real runner.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,10 +34,13 @@ class StepProbe(Hook):
             student = model.student
             feats = student.extract_feat(batch["inputs"])
         conv = next(m for m in student.backbone.modules() if isinstance(m, torch.nn.Conv2d))
-        self.seen = {"wrapper": type(runner.optim_wrapper).__name__, "feature_dtype": feats[0].dtype,
-                     "channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last)
-                     and not conv.weight.is_contiguous(),
-                     "losses": {k: float(v) for k, v in outputs.items()}}
+        self.seen = {
+            "wrapper": type(runner.optim_wrapper).__name__,
+            "feature_dtype": feats[0].dtype,
+            "channels_last": conv.weight.is_contiguous(memory_format=torch.channels_last)
+            and not conv.weight.is_contiguous(),
+            "losses": {k: float(v) for k, v in outputs.items()},
+        }
 
 
 def test_coco_amp_and_channels_last_are_applied(tiny, tmp_path):  # noqa: F811

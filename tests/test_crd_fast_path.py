@@ -1,5 +1,6 @@
 """CRD's full-bank scoring path: same numbers as the reference's row gather, gradients
 taken with the pre-update bank rows, and the ``auto`` rule that picks between them."""
+
 from __future__ import annotations
 
 import copy
@@ -116,7 +117,9 @@ def test_two_forwards_then_one_backward_match_gather():
     for _ in range(3):
         idx = torch.randint(n, (b,), generator=gen)
         c = contrast(n, b, k, gen, idx)
-        for path, (_, _, loss, leaf_s, leaf_t) in enumerate(_step(memories, unit(b, d, gen=gen), unit(b, d, gen=gen), idx, c, n)):
+        for path, (_, _, loss, leaf_s, leaf_t) in enumerate(
+            _step(memories, unit(b, d, gen=gen), unit(b, d, gen=gen), idx, c, n)
+        ):
             losses[path].append(loss)
             leaves[path] += [leaf_s, leaf_t]
     sum(losses[0]).backward()
@@ -142,10 +145,15 @@ def test_snapshots_are_released_with_their_graph():
     memory = ContrastMemory(4, 20, 10, scoring="full")
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        memory(unit(3, 4, gen=gen, dtype=torch.float32), unit(3, 4, gen=gen, dtype=torch.float32), torch.tensor([0, 1, 2]))
+        memory(
+            unit(3, 4, gen=gen, dtype=torch.float32), unit(3, 4, gen=gen, dtype=torch.float32), torch.tensor([0, 1, 2])
+        )
     assert len(memory._pending) == 0, "no graph, no snapshot"
-    out_s, out_t = memory(unit(3, 4, gen=gen, dtype=torch.float32, requires_grad=True),
-                          unit(3, 4, gen=gen, dtype=torch.float32, requires_grad=True), torch.tensor([3, 4, 5]))
+    out_s, out_t = memory(
+        unit(3, 4, gen=gen, dtype=torch.float32, requires_grad=True),
+        unit(3, 4, gen=gen, dtype=torch.float32, requires_grad=True),
+        torch.tensor([3, 4, 5]),
+    )
     assert len(memory._pending) == 2
     (out_s.sum() + out_t.sum()).backward()
     del out_s, out_t
@@ -212,14 +220,20 @@ def test_unknown_scoring_is_refused():
 @pytest.mark.parametrize("scoring", ["auto", *FORCED])
 def test_crd_method_passes_scoring_and_stays_finite_under_autocast(scoring):
     b = 8
-    context = DistillContext(num_classes=10, num_data=64, student_shapes={"embedding": (b, 32)}, teacher_shapes={"embedding": (b, 48)})
+    context = DistillContext(
+        num_classes=10, num_data=64, student_shapes={"embedding": (b, 32)}, teacher_shapes={"embedding": (b, 48)}
+    )
     method = build_method({"type": "crd", "nce_k": 16, "scoring": scoring}, context)
     assert method.memory.scoring == scoring
     gen = torch.Generator().manual_seed(0)
     feature = torch.randn(b, 32, generator=gen, requires_grad=True)
-    step = StepInputs(logits_student=torch.randn(b, 10, generator=gen, requires_grad=True), target=torch.randint(10, (b,), generator=gen),
-                      features_student={"embedding": feature}, features_teacher={"embedding": torch.randn(b, 48, generator=gen)},
-                      index=torch.randperm(64, generator=gen)[:b])
+    step = StepInputs(
+        logits_student=torch.randn(b, 10, generator=gen, requires_grad=True),
+        target=torch.randint(10, (b,), generator=gen),
+        features_student={"embedding": feature},
+        features_teacher={"embedding": torch.randn(b, 48, generator=gen)},
+        index=torch.randperm(64, generator=gen)[:b],
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = method(step)
     total = sum(v.float() for v in losses.values())

@@ -1,4 +1,5 @@
 """Data layer: CIFAR-100 reading and errors, the digits split, CRD sampling, the batch preprocessor."""
+
 from __future__ import annotations
 
 import time
@@ -299,8 +300,7 @@ def _loader_rows(dataset: DistillDataset, seed: int, epochs: int, **loader_kwarg
 
 def test_contrast_streams_per_worker_are_distinct_and_reproducible() -> None:
     # Batches 0 and 1 (workers 0 and 1) are all class 0: a shared stream would give equal rows.
-    dataset = DistillDataset(torch.zeros(16, 3, 32, 32, dtype=torch.uint8), [0] * 8 + [1] * 8, ("a", "b"),
-                             contrast_k=6)
+    dataset = DistillDataset(torch.zeros(16, 3, 32, 32, dtype=torch.uint8), [0] * 8 + [1] * 8, ("a", "b"), contrast_k=6)
     mmengine_init = partial(mmengine_worker_init_fn, num_workers=2, rank=0, seed=0)  # what the Runner installs
     run = _loader_rows(dataset, seed=0, epochs=2, worker_init_fn=mmengine_init)
     assert all(torch.equal(x, y) for x, y in zip(run, _loader_rows(dataset, 0, 2, worker_init_fn=mmengine_init)))
@@ -369,8 +369,12 @@ def test_crop_flip_draws_from_torch_global_generator() -> None:
 def _batch(n: int = 8) -> dict[str, object]:
     torch.manual_seed(2)
     items = [
-        {"inputs": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), "target": i % 3, "index": i,
-         "contrast_index": torch.arange(5) + i}
+        {
+            "inputs": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8),
+            "target": i % 3,
+            "index": i,
+            "contrast_index": torch.arange(5) + i,
+        }
         for i in range(n)
     ]
     return default_collate(items)
@@ -381,13 +385,18 @@ def _batch(n: int = 8) -> dict[str, object]:
 # torch.allclose with atol 1e-6 (+ its default rtol 1e-5) covers them; a wrong mean/std or
 # channel order is off by ≥ 1e-2. The uint8 crops and flips above stay exact.
 def _normalised(inputs: torch.Tensor) -> torch.Tensor:
-    return torch.stack([TF.normalize(image.float().div(255), CIFAR100_MEAN, CIFAR100_STD)  # ToTensor + Normalize
-                        for image in inputs])
+    return torch.stack(
+        [
+            TF.normalize(image.float().div(255), CIFAR100_MEAN, CIFAR100_STD)  # ToTensor + Normalize
+            for image in inputs
+        ]
+    )
 
 
 def test_preprocessor_normalises_like_torchvision_without_augmentation() -> None:
-    preprocessor = MODELS.build(dict(type="DistillDataPreprocessor", mean=CIFAR100_MEAN, std=CIFAR100_STD,
-                                     augment=False))
+    preprocessor = MODELS.build(
+        dict(type="DistillDataPreprocessor", mean=CIFAR100_MEAN, std=CIFAR100_STD, augment=False)
+    )
     assert isinstance(preprocessor, DistillDataPreprocessor)
     batch = _batch()
     out = preprocessor(batch, training=True)

@@ -8,6 +8,7 @@ rel 1e-9 leaves ~6 orders of magnitude over the observed ~1e-15 and still fails 
 missing gradient term (those are O(1e-2) here). Ranks among themselves run the same
 operations on the same (gathered) inputs, so their CRD banks and Z are compared exactly.
 """
+
 from __future__ import annotations
 
 import os
@@ -100,7 +101,12 @@ def _train(name: str, rank: int, world: int) -> dict:
     with torch.no_grad():
         _, s_feats = student(torch.zeros(2, 3, 8, 8))
         _, t_feats = teacher(torch.zeros(2, 3, 8, 8))
-    context = DistillContext(CLASSES, N_DATA, {k: tuple(v.shape) for k, v in s_feats.items()}, {k: tuple(v.shape) for k, v in t_feats.items()})
+    context = DistillContext(
+        CLASSES,
+        N_DATA,
+        {k: tuple(v.shape) for k, v in s_feats.items()},
+        {k: tuple(v.shape) for k, v in t_feats.items()},
+    )
     bundle = Bundle(student, methods.build_method(dict(METHOD_CFGS[name]), context))
     for module in bundle.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -152,7 +158,9 @@ def runs(tmp_path_factory):
         if time.monotonic() > deadline:
             for process in ranks.processes:
                 process.kill()
-            pytest.fail(f"the two DDP ranks were still running after {STUCK_S}s (a hang, e.g. a collective one rank never reached)")
+            pytest.fail(
+                f"the two DDP ranks were still running after {STUCK_S}s (a hang, e.g. a collective one rank never reached)"
+            )
     two = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     one = {name: train(name, 0, 1) for name in METHOD_CFGS}
     return one, two
@@ -166,7 +174,9 @@ def test_two_processes_equal_one_over_the_global_batch(name, runs):
         if "memory" in key:
             continue  # banks: below
         for rank in (0, 1):
-            torch.testing.assert_close(two[rank][name]["state"][key], value, rtol=1e-9, atol=1e-12, msg=f"{name} {key} rank {rank}")
+            torch.testing.assert_close(
+                two[rank][name]["state"][key], value, rtol=1e-9, atol=1e-12, msg=f"{name} {key} rank {rank}"
+            )
     initial = initial_nets()[0].state_dict()
     moved = max((one[name]["state"][f"student.{k}"] - v).abs().max().item() for k, v in initial.items())
     assert moved > 1e-3  # the steps did something, so agreement is not trivial
@@ -179,7 +189,9 @@ def test_crd_banks_and_z_are_one_bank_across_ranks(runs):
     assert {k.rsplit(".", 1)[1] for k in memory} >= {"memory_student", "memory_teacher", "params"}
     for key in memory:
         assert torch.equal(two[0]["crd"]["state"][key], two[1]["crd"]["state"][key]), key  # identical on both ranks
-        torch.testing.assert_close(two[0]["crd"]["state"][key], one["crd"]["state"][key], rtol=1e-9, atol=1e-12, msg=key)
+        torch.testing.assert_close(
+            two[0]["crd"]["state"][key], one["crd"]["state"][key], rtol=1e-9, atol=1e-12, msg=key
+        )
     params = one["crd"]["state"]["method.memory.params"]
     assert params[2] > 0 and params[3] > 0  # Z estimated (from the global batch)
 
@@ -194,7 +206,9 @@ def test_ckd_local_option_gives_the_per_replica_loss(runs):
         share = slice(rank * 4, rank * 4 + 4)
         logits_s, _ = student(x[0, share])
         logits_t, _ = teacher(x[0, share])
-        expected = nn.functional.cross_entropy(logits_s, target[0, share]) + 10 * methods.ckd.ckd_loss(logits_s, logits_t)
+        expected = nn.functional.cross_entropy(logits_s, target[0, share]) + 10 * methods.ckd.ckd_loss(
+            logits_s, logits_t
+        )
         assert two[rank]["ckd_local"]["losses"][0] == pytest.approx(expected.item(), rel=1e-12)
     # and differs from the global contrast (more negatives), which must not be per replica
     assert two[0]["ckd"]["losses"][0] != pytest.approx(two[0]["ckd_local"]["losses"][0], rel=1e-6)
@@ -202,24 +216,46 @@ def test_ckd_local_option_gives_the_per_replica_loss(runs):
 
 def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO), **(env_extra or {})}
-    return subprocess.run([sys.executable, str(REPO / "benchmark" / "run.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=STUCK_S)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmark" / "run.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STUCK_S,
+    )
 
 
 def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_path):
     from benchmark.models import build_model
     from benchmark.store.checkpoints import load_community_checkpoint
+    from benchmark.store.records import read_record
     from benchmark.suites import get_suite
     from benchmark.sweep.teachers import evaluate_top1
-    from benchmark.store.records import read_record
 
-    out = cli("--suite", "digits", "--methods", "crd,ckd", "--seeds", "1", "--epochs", "1", "--nproc", "2",
-              "--no-baseline", "--no-aggregate", "--work-dir", str(tmp_path))
+    out = cli(
+        "--suite",
+        "digits",
+        "--methods",
+        "crd,ckd",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--nproc",
+        "2",
+        "--no-baseline",
+        "--no-aggregate",
+        "--work-dir",
+        str(tmp_path),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     for method in ("crd", "ckd"):
         run_dir = tmp_path / "digits" / "unified-e1-w2" / "small_cnn_w32-small_cnn_w8" / method / "seed0"
         record = read_record(run_dir / "record.json")
-        assert record.status == "completed" and record.env["world_size"] == 2 and record.extra["per_process_batch"] == 32
+        assert (
+            record.status == "completed" and record.env["world_size"] == 2 and record.extra["per_process_batch"] == 32
+        )
         student = build_model("small_cnn_w8", 10)
         load_community_checkpoint(student, run_dir / "student.pth")
         # The same weights evaluated by one process over the 359 test images: the same top-1
@@ -232,10 +268,27 @@ def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_pat
 def test_nan_on_one_rank_fails_the_run_without_hanging(tmp_path):
     from benchmark.store.records import read_record
 
-    out = cli("--suite", "digits", "--methods", "kd", "--seeds", "1", "--epochs", "2", "--nproc", "2", "--no-baseline",
-              "--no-aggregate", "--work-dir", str(tmp_path), env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2"})
+    out = cli(
+        "--suite",
+        "digits",
+        "--methods",
+        "kd",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--nproc",
+        "2",
+        "--no-baseline",
+        "--no-aggregate",
+        "--work-dir",
+        str(tmp_path),
+        env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2"},
+    )
     assert out.returncode == 1, out.stdout + out.stderr
-    record = read_record(tmp_path / "digits" / "unified-e2-w2" / "small_cnn_w32-small_cnn_w8" / "kd" / "seed0" / "record.json")
+    record = read_record(
+        tmp_path / "digits" / "unified-e2-w2" / "small_cnn_w32-small_cnn_w8" / "kd" / "seed0" / "record.json"
+    )
     assert record.status == "failed" and "on rank 1 at epoch 1, iteration 2" in record.failure
 
 

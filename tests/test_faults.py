@@ -6,6 +6,7 @@ a NaN loss, a second sweep at the same moment, a kill during aggregation, bad in
 checks what is on disk: every record complete and equal to the uninterrupted run's (same
 machine, same seeds, single-threaded suite: exact), nothing overwritten, one-line errors.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.models import build_model
+from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.store.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,12 +29,16 @@ KILLED_TABLE = "digits_best.md"
 BASE = ["--suite", "digits", "--seeds", "1", "--epochs", "2", "--no-baseline", "--no-aggregate"]
 
 
-def cli(*args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "KD_FAULT"}
     env["PYTHONPATH"] = str(REPO)
     if fault:
         env["KD_FAULT"] = fault
-    return subprocess.run([sys.executable, RUN_PY, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, RUN_PY, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_dir(work: Path, method: str, variant: str = "unified-e2") -> Path:
@@ -41,7 +46,13 @@ def run_dir(work: Path, method: str, variant: str = "unified-e2") -> Path:
 
 
 def summary(record) -> tuple:
-    return record.status, [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve], record.last_top1, record.best_top1, record.best_epoch
+    return (
+        record.status,
+        [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve],
+        record.last_top1,
+        record.best_top1,
+        record.best_epoch,
+    )
 
 
 def student(path: Path) -> dict:
@@ -90,7 +101,9 @@ INTERRUPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("fault,code", INTERRUPTIONS, ids=[f.split(" ", 2)[0] + "-" + f.split()[1] for f, _ in INTERRUPTIONS])
+@pytest.mark.parametrize(
+    "fault,code", INTERRUPTIONS, ids=[f.split(" ", 2)[0] + "-" + f.split()[1] for f, _ in INTERRUPTIONS]
+)
 def test_interrupted_then_resumed_equals_uninterrupted(fault, code, reference, teachers, tmp_path):
     args = [*BASE, "--methods", "crd", "--teachers", str(teachers), "--work-dir", str(tmp_path)]
     broken = cli(*args, fault=fault)
@@ -119,9 +132,21 @@ def test_a_torn_newest_checkpoint_does_not_fail_the_run(reference, teachers, tmp
 
 
 def test_nan_in_one_method_fails_that_run_and_the_sweep_goes_on(teachers, tmp_path):
-    out = cli(*BASE, "--methods", "ckd,kd", "--teachers", str(teachers), "--work-dir", str(tmp_path), fault="nan_loss NAN method=ckd epoch=1 iter=2")
+    out = cli(
+        *BASE,
+        "--methods",
+        "ckd,kd",
+        "--teachers",
+        str(teachers),
+        "--work-dir",
+        str(tmp_path),
+        fault="nan_loss NAN method=ckd epoch=1 iter=2",
+    )
     assert out.returncode == 1, out.stdout + out.stderr
-    failed, done = read_record(run_dir(tmp_path, "ckd") / "record.json"), read_record(run_dir(tmp_path, "kd") / "record.json")
+    failed, done = (
+        read_record(run_dir(tmp_path, "ckd") / "record.json"),
+        read_record(run_dir(tmp_path, "kd") / "record.json"),
+    )
     assert failed.status == "failed" and "nan" in failed.failure.lower() and "epoch 1, iteration 2" in failed.failure
     assert done.status == "completed" and [p.epoch for p in done.curve] == [1, 2]
     assert "1 run(s) completed, 1 failed" in out.stdout
@@ -129,9 +154,28 @@ def test_nan_in_one_method_fails_that_run_and_the_sweep_goes_on(teachers, tmp_pa
 
 def test_two_sweeps_at_once_run_everything_exactly_once(tmp_path):
     """No --teachers: the teacher stage races too."""
-    args = [RUN_PY, "--suite", "digits", "--methods", "kd", "--seeds", "2", "--epochs", "2", "--no-baseline", "--no-aggregate", "--work-dir", str(tmp_path)]
+    args = [
+        RUN_PY,
+        "--suite",
+        "digits",
+        "--methods",
+        "kd",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--no-baseline",
+        "--no-aggregate",
+        "--work-dir",
+        str(tmp_path),
+    ]
     env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [proc.communicate(timeout=300) for proc in procs]
     codes = [proc.returncode for proc in procs]
     stdout = "".join(out for out, _ in outs)
@@ -141,7 +185,9 @@ def test_two_sweeps_at_once_run_everything_exactly_once(tmp_path):
         starts = [line for line in stdout.splitlines() if f" kd seed{seed} " in line and ": starting |" in line]
         assert len(starts) == 1, stdout
         record = read_record(run_dir(tmp_path, "kd").parent / f"seed{seed}" / "record.json")
-        assert record.status == "completed" and [p.epoch for p in record.curve] == [1, 2] and record.extra["attempts"] == 1
+        assert (
+            record.status == "completed" and [p.epoch for p in record.curve] == [1, 2] and record.extra["attempts"] == 1
+        )
     teacher = read_record(tmp_path / "digits" / "unified-e2" / "teachers" / "small_cnn_w32" / "seed0" / "record.json")
     assert teacher.extra["attempts"] == 1
     for code, (out, _) in zip(codes, outs):
@@ -162,8 +208,23 @@ def test_a_run_held_by_another_process_is_skipped_with_its_holder_named(teachers
 
 def test_an_interrupted_aggregation_leaves_no_half_table(teachers, tmp_path):
     tables, reports = tmp_path / "tables", tmp_path / "reports"
-    args = ["--suite", "digits", "--epochs", "2", "--methods", "kd", "--no-baseline", "--teachers", str(teachers),
-            "--work-dir", str(tmp_path / "w"), "--tables", str(tables), "--reports", str(reports)]
+    args = [
+        "--suite",
+        "digits",
+        "--epochs",
+        "2",
+        "--methods",
+        "kd",
+        "--no-baseline",
+        "--teachers",
+        str(teachers),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--tables",
+        str(tables),
+        "--reports",
+        str(reports),
+    ]
     assert cli(*args, "--seeds", "1", cwd=tmp_path).returncode == 0
     before = {p.name: p.read_bytes() for p in tables.iterdir()}
     # One more seed changes every table; the aggregation is killed with a table written but not yet in place.
@@ -180,6 +241,7 @@ def test_an_interrupted_aggregation_leaves_no_half_table(teachers, tmp_path):
 
 
 # ---- bad input: one line, exit 2, nothing lost ---------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "extra,needle",
@@ -215,7 +277,9 @@ def test_corrupt_and_pickle_teachers_are_refused_without_running_their_code(tmp_
     path = teachers / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x00not a checkpoint")
-    one_line_error(cli(*BASE, "--methods", "kd", "--teachers", str(teachers), "--work-dir", str(tmp_path / "w")), "corrupt")
+    one_line_error(
+        cli(*BASE, "--methods", "kd", "--teachers", str(teachers), "--work-dir", str(tmp_path / "w")), "corrupt"
+    )
 
     marker = tmp_path / "pwned"
 
@@ -241,8 +305,24 @@ def test_a_truncated_record_is_refused_and_kept(teachers, tmp_path):
 def test_unusable_output_paths_stop_before_anything_runs(teachers, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    one_line_error(cli(*BASE, "--methods", "kd", "--work-dir", str(blocker / "w"), cwd=tmp_path), "--work-dir", "cannot create or write")
-    args = ["--suite", "digits", "--seeds", "1", "--epochs", "2", "--no-baseline", "--methods", "kd", "--work-dir", str(tmp_path / "w")]
+    one_line_error(
+        cli(*BASE, "--methods", "kd", "--work-dir", str(blocker / "w"), cwd=tmp_path),
+        "--work-dir",
+        "cannot create or write",
+    )
+    args = [
+        "--suite",
+        "digits",
+        "--seeds",
+        "1",
+        "--epochs",
+        "2",
+        "--no-baseline",
+        "--methods",
+        "kd",
+        "--work-dir",
+        str(tmp_path / "w"),
+    ]
     one_line_error(cli(*args, "--tables", str(blocker / "t"), cwd=tmp_path), "--tables", "cannot create or write")
     one_line_error(cli(*args, "--reports", str(blocker / "r"), cwd=tmp_path), "--reports", "cannot create or write")
     assert not (tmp_path / "w" / "digits").exists()  # nothing trained
@@ -251,5 +331,19 @@ def test_unusable_output_paths_stop_before_anything_runs(teachers, tmp_path):
 def test_a_data_root_that_is_a_file_is_one_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    one_line_error(cli("--suite", "cifar100", "--methods", "kd", "--pairs", "resnet56-resnet20", "--data-root", str(blocker),
-                       "--work-dir", str(tmp_path / "w"), "--no-aggregate"), "CIFAR-100")
+    one_line_error(
+        cli(
+            "--suite",
+            "cifar100",
+            "--methods",
+            "kd",
+            "--pairs",
+            "resnet56-resnet20",
+            "--data-root",
+            str(blocker),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--no-aggregate",
+        ),
+        "CIFAR-100",
+    )

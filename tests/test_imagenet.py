@@ -6,6 +6,7 @@ parameter counts from the reference definitions (torchvision, mdistiller's
 ``mdistiller/models/imagenet/mobilenetv1.py``), recipe values from mdistiller's
 ``configs/imagenet/{r34_r18,r50_mv1}/*.yaml`` and the CKD configs as the issue quotes them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,6 @@ from torch import nn
 from torchvision.datasets import ImageFolder
 
 import methods
-from benchmark.store.checkpoints import save_community_checkpoint
 from benchmark.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -34,13 +34,14 @@ from benchmark.data import (
 )
 from benchmark.data.imagenet import train_image
 from benchmark.models import FeatureRecorder, build_model, feature_taps
-from benchmark.store.records import read_record
 from benchmark.report.load import load_records
 from benchmark.report.published import load_published
 from benchmark.report.synthetic import make_record, write
 from benchmark.report.tables import build_suite_tables, suite_pair_order
-from benchmark.train import CONFIG_DIR, STUDENT_EXPORT, RunSpec, build_config, execute, new_record
+from benchmark.store.checkpoints import save_community_checkpoint
+from benchmark.store.records import read_record
 from benchmark.suites import Pair, get_suite
+from benchmark.train import CONFIG_DIR, STUDENT_EXPORT, RunSpec, build_config, execute, new_record
 from methods.fitnet import ConvReg
 from tests.datagen import smooth_image, write_tiny_imagefolder
 
@@ -62,8 +63,9 @@ def single_thread():
 @pytest.fixture(scope="module")
 def tiny_imagenet(tmp_path_factory) -> Path:
     # 300x260 JPEGs: larger than the 224 crops, like real ImageNet images.
-    return write_tiny_imagefolder(tmp_path_factory.mktemp("imagenet"), N_CLASSES, PER_CLASS_TRAIN, PER_CLASS_VAL,
-                                  size=(300, 260), seed=0)
+    return write_tiny_imagefolder(
+        tmp_path_factory.mktemp("imagenet"), N_CLASSES, PER_CLASS_TRAIN, PER_CLASS_VAL, size=(300, 260), seed=0
+    )
 
 
 def perturbed(model: nn.Module, seed: int = 1) -> nn.Module:
@@ -94,7 +96,12 @@ def test_resnets_have_torchvision_keys_and_shapes(name):
     ours, theirs = build_model(name, 1000).state_dict(), constructor(weights=None).state_dict()
     assert [(k, tuple(v.shape)) for k, v in ours.items()] == [(k, tuple(v.shape)) for k, v in theirs.items()]
     assert len(ours) == entries
-    assert sum(v.numel() for k, v in ours.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == params
+    assert (
+        sum(
+            v.numel() for k, v in ours.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        )
+        == params
+    )
 
 
 def test_resnet34_loads_torchvision_weights_strictly_and_computes_the_same_logits():
@@ -125,18 +132,37 @@ class ReferenceMobileNetV1(nn.Module):
         super().__init__()
 
         def conv_bn(inp, oup, stride):
-            return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True)
+            )
 
         def conv_dw(inp, oup, stride):
             return nn.Sequential(
-                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp), nn.ReLU(inplace=True),
-                nn.Conv2d(inp, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
+                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False),
+                nn.BatchNorm2d(inp),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(inp, oup, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(oup),
+                nn.ReLU(inplace=True),
+            )
 
         self.model = nn.Sequential(
-            conv_bn(3, 32, 2), conv_dw(32, 64, 1), conv_dw(64, 128, 2), conv_dw(128, 128, 1),
-            conv_dw(128, 256, 2), conv_dw(256, 256, 1), conv_dw(256, 512, 2),
-            conv_dw(512, 512, 1), conv_dw(512, 512, 1), conv_dw(512, 512, 1), conv_dw(512, 512, 1), conv_dw(512, 512, 1),
-            conv_dw(512, 1024, 2), conv_dw(1024, 1024, 1), nn.AvgPool2d(7))
+            conv_bn(3, 32, 2),
+            conv_dw(32, 64, 1),
+            conv_dw(64, 128, 2),
+            conv_dw(128, 128, 1),
+            conv_dw(128, 256, 2),
+            conv_dw(256, 256, 1),
+            conv_dw(256, 512, 2),
+            conv_dw(512, 512, 1),
+            conv_dw(512, 512, 1),
+            conv_dw(512, 512, 1),
+            conv_dw(512, 512, 1),
+            conv_dw(512, 512, 1),
+            conv_dw(512, 1024, 2),
+            conv_dw(1024, 1024, 1),
+            nn.AvgPool2d(7),
+        )
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x):
@@ -152,16 +178,24 @@ def test_mobilenetv1_matches_mdistiller_parameters_and_keys():
     model = build_model("mobilenetv1_in1k", 1000)
     assert sum(p.numel() for p in model.parameters()) == 4_231_976
     state = model.state_dict()
-    pattern = re.compile(r"model\.(\d+)\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)|fc\.(weight|bias)")
+    pattern = re.compile(
+        r"model\.(\d+)\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)|fc\.(weight|bias)"
+    )
     assert all(pattern.fullmatch(key) for key in state)
     # conv_bn: conv + BN (5 entries) = 6; 13 conv_dw: 2 x (conv + BN) = 12 each; fc: 2.
     assert len(state) == 6 + 13 * 12 + 2
     assert [(k, tuple(v.shape)) for k, v in state.items()] == [
-        (k, tuple(v.shape)) for k, v in ReferenceMobileNetV1().state_dict().items()]
-    for key, shape in {"model.0.0.weight": (32, 3, 3, 3), "model.1.0.weight": (32, 1, 3, 3),
-                       "model.1.3.weight": (64, 32, 1, 1), "model.12.0.weight": (512, 1, 3, 3),
-                       "model.12.3.weight": (1024, 512, 1, 1), "model.13.4.running_var": (1024,),
-                       "fc.weight": (1000, 1024)}.items():
+        (k, tuple(v.shape)) for k, v in ReferenceMobileNetV1().state_dict().items()
+    ]
+    for key, shape in {
+        "model.0.0.weight": (32, 3, 3, 3),
+        "model.1.0.weight": (32, 1, 3, 3),
+        "model.1.3.weight": (64, 32, 1, 1),
+        "model.12.0.weight": (512, 1, 3, 3),
+        "model.12.3.weight": (1024, 512, 1, 1),
+        "model.13.4.running_var": (1024,),
+        "fc.weight": (1000, 1024),
+    }.items():
         assert tuple(state[key].shape) == shape, key
 
 
@@ -234,15 +268,19 @@ def test_dataset_length_targets_indices_and_items(tiny_imagenet):
 
 def test_images_are_pixel_identical_to_torchvision_imagefolder_transforms(tiny_imagenet):
     train = ImageNetDistill(tiny_imagenet, split="train")
-    reference = ImageFolder(str(tiny_imagenet / "train"), transform=T.Compose(
-        [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]))
+    reference = ImageFolder(
+        str(tiny_imagenet / "train"),
+        transform=T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]),
+    )
     for index in range(len(train)):  # index 0 is a grayscale JPEG
         torch.manual_seed(100 + index)
         ours = train[index]["inputs"]
         torch.manual_seed(100 + index)
         assert torch.equal(ours, reference[index][0]), index
     val = ImageNetDistill(tiny_imagenet, split="val")
-    reference = ImageFolder(str(tiny_imagenet / "val"), transform=T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()]))
+    reference = ImageFolder(
+        str(tiny_imagenet / "val"), transform=T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+    )
     assert all(torch.equal(val[i]["inputs"], reference[i][0]) for i in range(len(val)))
 
 
@@ -296,8 +334,9 @@ def test_loader_benchmark_runs_and_reports_the_ratio(tmp_path):
     from benchmark.bench import imagenet_loader
 
     out = tmp_path / "imagenet_loader.json"
-    report = imagenet_loader.main(["--quick", "--classes", "2", "--per-class", "2", "--repeats", "1",
-                                   "--sizes", "256x192", "--out", str(out)])
+    report = imagenet_loader.main(
+        ["--quick", "--classes", "2", "--per-class", "2", "--repeats", "1", "--sizes", "256x192", "--out", str(out)]
+    )
     result = report["result"]
     assert result["train_ratio"] > 0 and result["val_ratio"] > 0
     assert result["images_per_pass"]["train_ours"] == result["images_per_pass"]["train_torchvision"] == 4
@@ -332,8 +371,11 @@ def test_sampler_is_uniform_over_other_class_samples(method):
     sampler = ClassBlockContrastSampler(labels, k=30, rng=np.random.default_rng(1))
     index = 17
     pool = np.flatnonzero(labels != labels[index])
-    draws = (np.concatenate([sampler.draw(index)[1:] for _ in range(3000)]) if method == "draw"
-             else sampler.draw_batch(np.full(3000, index))[:, 1:].ravel())
+    draws = (
+        np.concatenate([sampler.draw(index)[1:] for _ in range(3000)])
+        if method == "draw"
+        else sampler.draw_batch(np.full(3000, index))[:, 1:].ravel()
+    )
     counts = np.bincount(draws, minlength=100)
     assert counts[labels == labels[index]].sum() == 0
     expected = 3000 * 30 / len(pool)  # 1,000 each
@@ -392,9 +434,25 @@ EXPECTED_UNIFIED = {
     "ce": (512, 0.2, {}),
     "kd": (512, 0.2, {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5}),
     "dkd": (512, 0.2, {"alpha": 1.0, "temperature": 1.0, "warmup": 1, "ce_weight": 1.0}),
-    "crd": (256, 0.1, {"crd_weight": 0.8, "ce_weight": 1.0, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5}),
-    "crd_kd": (256, 0.1, {"crd_weight": 0.8, "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0, "feat_dim": 128,
-                          "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5}),
+    "crd": (
+        256,
+        0.1,
+        {"crd_weight": 0.8, "ce_weight": 1.0, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5},
+    ),
+    "crd_kd": (
+        256,
+        0.1,
+        {
+            "crd_weight": 0.8,
+            "ce_weight": 1.0,
+            "kd_weight": 1.0,
+            "temperature": 1.0,
+            "feat_dim": 128,
+            "nce_k": 16384,
+            "nce_t": 0.07,
+            "nce_m": 0.5,
+        },
+    ),
     "ckd": (512, 0.2, {"cl_weight": 10.0, "temperature": 1.0, "ce_weight": 1.0}),
     "fitnet": (512, 0.2, {"hint_weight": 100.0, "ce_weight": 1.0}),
 }
@@ -415,8 +473,9 @@ def test_every_method_recipe_resolves(recipe, pair, method):
     expected = {"type": method, **expected, **({"beta": EXPECTED_DKD_BETA[pair]} if method == "dkd" else {})}
     schedule = dataclasses.asdict(resolved.schedule)
     if recipe == "paper" and method == "ckd":
-        assert schedule == dict(epochs=200, batch_size=512, lr=0.2, momentum=0.9, weight_decay=1e-4, kind="cosine",
-                                milestones=(), gamma=0.1)
+        assert schedule == dict(
+            epochs=200, batch_size=512, lr=0.2, momentum=0.9, weight_decay=1e-4, kind="cosine", milestones=(), gamma=0.1
+        )
         assert any("200 epochs" in note for note in resolved.notes)
     else:
         assert schedule == dict(STEP, batch_size=batch, lr=lr)
@@ -425,9 +484,13 @@ def test_every_method_recipe_resolves(recipe, pair, method):
     if method == "fitnet":
         assert any("not a reference recipe" in note for note in resolved.notes)
     # The method builds with these arguments and the pair's feature shapes at 224x224.
-    shapes = {name: {"hint": (2, *TAPS_224[name][0]), "embedding": (2, TAPS_224[name][1])} for name in (pair.student, pair.teacher)}
-    context = methods.DistillContext(num_classes=1000, num_data=20_000, student_shapes=shapes[pair.student],
-                                     teacher_shapes=shapes[pair.teacher])
+    shapes = {
+        name: {"hint": (2, *TAPS_224[name][0]), "embedding": (2, TAPS_224[name][1])}
+        for name in (pair.student, pair.teacher)
+    }
+    context = methods.DistillContext(
+        num_classes=1000, num_data=20_000, student_shapes=shapes[pair.student], teacher_shapes=shapes[pair.teacher]
+    )
     assert methods.build_method(resolved.method, context) is not None
 
 
@@ -446,7 +509,9 @@ def test_published_imagenet_numbers_map_to_zoo_names_and_give_a_delta(tmp_path):
     for seed, last in enumerate((71.0, 71.4)):  # best epoch = last + 0.3: 71.3, 71.7 -> mean 71.5
         write(tmp_path, make_record("imagenet", "resnet34_in1k", "resnet18_in1k", "kd", seed, last, epochs=4))
     runs = load_records([tmp_path]).records
-    best = next(t for t in build_suite_tables(runs, "imagenet", table, suite_pair_order("imagenet")) if t.statistic == "best")
+    best = next(
+        t for t in build_suite_tables(runs, "imagenet", table, suite_pair_order("imagenet")) if t.statistic == "best"
+    )
     cell = next(r for r in best.rows if r.method == "kd").cells[("resnet34_in1k", "resnet18_in1k")]
     assert cell.published.top1 == pytest.approx(71.03)
     assert cell.delta == pytest.approx(71.5 - 71.03)
@@ -469,11 +534,23 @@ def tiny_spec(method: str, run_dir: Path, data_root: Path, teacher_checkpoint: P
     pair = Pair("resnet18_in1k", "resnet18_in1k")
     # The recipe of the suite's ResNet34→ResNet18 pair (DKD's beta is per pair), on a cheaper teacher.
     recipe = SUITE.resolve("unified", R34_R18, method).adjusted(epochs=epochs, batch_size=6)
-    if method in ("crd", "crd_kd"):  # CRD needs K < N: 8 negatives of the 12 images (the sampler draws with replacement)
+    if method in (
+        "crd",
+        "crd_kd",
+    ):  # CRD needs K < N: 8 negatives of the 12 images (the sampler draws with replacement)
         recipe = dataclasses.replace(recipe, method={**recipe.method, "nce_k": 8})
-    return RunSpec(suite=SUITE, pair=pair, method=method, recipe=recipe, seed=0, run_dir=run_dir,
-                   data_root=str(data_root), teacher_checkpoint=str(teacher_checkpoint),
-                   teacher_checkpoint_sha256="test", num_workers=0)
+    return RunSpec(
+        suite=SUITE,
+        pair=pair,
+        method=method,
+        recipe=recipe,
+        seed=0,
+        run_dir=run_dir,
+        data_root=str(data_root),
+        teacher_checkpoint=str(teacher_checkpoint),
+        teacher_checkpoint_sha256="test",
+        num_workers=0,
+    )
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "crd", "crd_kd", "ckd", "fitnet"])
@@ -494,7 +571,9 @@ def test_one_epoch_through_the_mmengine_runner(method, tiny_imagenet, teacher_ch
     student.load_state_dict(torch.load(tmp_path / method / STUDENT_EXPORT, weights_only=True)["model"], strict=True)
 
 
-def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(tiny_imagenet, teacher_checkpoint, tmp_path, monkeypatch):
+def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(
+    tiny_imagenet, teacher_checkpoint, tmp_path, monkeypatch
+):
     from benchmark import faults
 
     num_data = N_CLASSES * PER_CLASS_TRAIN
@@ -510,9 +589,13 @@ def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(tiny_im
     with pytest.raises(KeyboardInterrupt):
         execute(spec, num_data, new_record(spec), resume=False, say=lambda _l: None)
     monkeypatch.undo()
-    resumed = execute(spec, num_data, read_record(tmp_path / "broken" / "record.json"), resume=True, say=lambda _l: None)
+    resumed = execute(
+        spec, num_data, read_record(tmp_path / "broken" / "record.json"), resume=True, say=lambda _l: None
+    )
     # Same process, same operations on the same inputs (every epoch reseeds): exact.
-    assert [(p.epoch, p.top1, p.top5, p.loss) for p in resumed.curve] == [(p.epoch, p.top1, p.top5, p.loss) for p in reference.curve]
+    assert [(p.epoch, p.top1, p.top5, p.loss) for p in resumed.curve] == [
+        (p.epoch, p.top1, p.top5, p.loss) for p in reference.curve
+    ]
     a = torch.load(tmp_path / "straight" / STUDENT_EXPORT, weights_only=True)["model"]
     b = torch.load(tmp_path / "broken" / STUDENT_EXPORT, weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -520,13 +603,20 @@ def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(tiny_im
 
 # ---- teachers from files (TeacherStage) --------------------------------------------------------
 
+
 def _stage(tmp_path, **overrides):
     from benchmark.suites import get_suite
     from benchmark.sweep.options import SweepOptions
     from benchmark.sweep.teachers import TeacherStage
 
-    args = SweepOptions(suite="imagenet", methods="kd", work_dir=str(tmp_path / "w"), device="cpu",
-                        data_root=str(tmp_path / "data"), num_workers=0).replace(**overrides)
+    args = SweepOptions(
+        suite="imagenet",
+        methods="kd",
+        work_dir=str(tmp_path / "w"),
+        device="cpu",
+        data_root=str(tmp_path / "data"),
+        num_workers=0,
+    ).replace(**overrides)
     return TeacherStage(get_suite("imagenet"), "unified", args)
 
 
@@ -534,8 +624,8 @@ def _stage(tmp_path, **overrides):
 def test_torchvision_teacher_files_are_found_and_load_strictly(layout, tmp_path, monkeypatch):
     import torchvision
 
-    from benchmark.store.checkpoints import load_community_checkpoint
     from benchmark.models import build_model
+    from benchmark.store.checkpoints import load_community_checkpoint
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     state = torchvision.models.resnet34(weights=None).state_dict()
@@ -551,13 +641,19 @@ def test_torchvision_teacher_files_are_found_and_load_strictly(layout, tmp_path,
     # --teachers DIR/<name>.pth is preferred over the cache
     (tmp_path / "t").mkdir()
     torch.save(state, tmp_path / "t" / "resnet34_in1k.pth")
-    assert _stage(tmp_path, teachers=str(tmp_path / "t")).community_path("resnet34_in1k") == tmp_path / "t" / "resnet34_in1k.pth"
+    assert (
+        _stage(tmp_path, teachers=str(tmp_path / "t")).community_path("resnet34_in1k")
+        == tmp_path / "t" / "resnet34_in1k.pth"
+    )
 
 
 def test_imagenet_teachers_are_never_trained_unless_asked(tmp_path, monkeypatch):
     from benchmark.errors import UsageError
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    with pytest.raises(UsageError, match=r"2 teacher file\(s\) not found: .*resnet34_in1k\.pth or .*resnet34-b627a593\.pth.*--train-teachers"):
+    with pytest.raises(
+        UsageError,
+        match=r"2 teacher file\(s\) not found: .*resnet34_in1k\.pth or .*resnet34-b627a593\.pth.*--train-teachers",
+    ):
         _stage(tmp_path).check_teacher_files(["resnet34_in1k", "resnet50_in1k"])
     _stage(tmp_path, train_teachers=True).check_teacher_files(["resnet34_in1k"])  # asked for: allowed

@@ -1,5 +1,6 @@
 """Loss numerics: golden values, parity with the reference formulations, gradients,
 properties, and finiteness under autocast."""
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,13 @@ def test_make_golden_still_draws_the_stored_inputs(golden, redrawn, case):
     drawn = redrawn[case]["inputs"]
     assert set(drawn) == set(golden[case]["inputs"])
     for name, values in golden[case]["inputs"].items():
-        torch.testing.assert_close(torch.tensor(drawn[name], dtype=f64), torch.tensor(values, dtype=f64),
-                                   rtol=1e-13, atol=1e-13, msg=f"golden inputs were regenerated differently: {case}.{name}")
+        torch.testing.assert_close(
+            torch.tensor(drawn[name], dtype=f64),
+            torch.tensor(values, dtype=f64),
+            rtol=1e-13,
+            atol=1e-13,
+            msg=f"golden inputs were regenerated differently: {case}.{name}",
+        )
 
 
 # CRD's memory has two scoring paths (row gather as the reference, full-bank matmul):
@@ -86,7 +92,9 @@ SCORING = ["gather", "full"]
 @pytest.mark.parametrize("scoring", SCORING)
 def test_golden_crd_memory(golden, scoring):
     case = golden["crd_memory"]
-    memory = ContrastMemory(case["feat_dim"], case["n_data"], case["nce_k"], case["nce_t"], case["nce_m"], scoring).double()
+    memory = ContrastMemory(
+        case["feat_dim"], case["n_data"], case["nce_k"], case["nce_t"], case["nce_m"], scoring
+    ).double()
     with torch.no_grad():
         memory.memory_student.copy_(torch.tensor(case["start"]["memory_student"], dtype=f64))
         memory.memory_teacher.copy_(torch.tensor(case["start"]["memory_teacher"], dtype=f64))
@@ -128,8 +136,12 @@ def test_ckd_matches_reference(seed, temperature):
 
 @pytest.mark.parametrize(
     "s_shape,t_shape,conv_type",
-    [((2, 16, 16, 16), (2, 32, 8, 8), torch.nn.Conv2d), ((2, 16, 4, 4), (2, 8, 8, 8), torch.nn.ConvTranspose2d),
-     ((2, 16, 8, 8), (2, 32, 8, 8), torch.nn.Conv2d), ((2, 16, 10, 9), (2, 8, 8, 8), torch.nn.Conv2d)],
+    [
+        ((2, 16, 16, 16), (2, 32, 8, 8), torch.nn.Conv2d),
+        ((2, 16, 4, 4), (2, 8, 8, 8), torch.nn.ConvTranspose2d),
+        ((2, 16, 8, 8), (2, 32, 8, 8), torch.nn.Conv2d),
+        ((2, 16, 10, 9), (2, 8, 8, 8), torch.nn.Conv2d),
+    ],
 )
 def test_convreg_matches_reference(s_shape, t_shape, conv_type):
     torch.manual_seed(0)
@@ -245,8 +257,9 @@ def test_nce_loss_formula():
     x = torch.rand(3, 5, dtype=f64) + 0.1
     n, k = 50, 4
     noise = k / n
-    expected = -(torch.log(x[:, 0] / (x[:, 0] + noise + 1e-7)).sum()
-                 + torch.log(noise / (x[:, 1:] + noise + 1e-7)).sum()) / 3
+    expected = (
+        -(torch.log(x[:, 0] / (x[:, 0] + noise + 1e-7)).sum() + torch.log(noise / (x[:, 1:] + noise + 1e-7)).sum()) / 3
+    )
     assert nce_loss(x, n).item() == pytest.approx(expected.item(), rel=1e-12)
 
 
@@ -285,7 +298,11 @@ def test_gradcheck_crd_path():
     torch.manual_seed(0)
     embed_s, embed_t = Embed(6, 4).double(), Embed(5, 4).double()
     memory = ContrastMemory(4, 12, 5).double()
-    memory(F.normalize(torch.randn(3, 4, dtype=f64), dim=1), F.normalize(torch.randn(3, 4, dtype=f64), dim=1), torch.tensor([0, 1, 2]))
+    memory(
+        F.normalize(torch.randn(3, 4, dtype=f64), dim=1),
+        F.normalize(torch.randn(3, 4, dtype=f64), dim=1),
+        torch.tensor([0, 1, 2]),
+    )
     idx = torch.tensor([3, 4, 5])
     contrast = torch.randint(12, (3, 6))
     contrast[:, 0] = idx

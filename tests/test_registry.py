@@ -1,4 +1,5 @@
 """The method registry: every method builds from a config, runs, and stays finite under autocast."""
+
 from __future__ import annotations
 
 import subprocess
@@ -33,7 +34,10 @@ def make_step(dtype=torch.float32, requires_grad=True) -> StepInputs:
         logits_teacher=torch.randn(B, C, **kw),
         target=torch.randint(C, (B,), generator=gen),
         epoch=3,
-        features_student={"hint": torch.randn(B, 8, 16, 16, **kw).requires_grad_(requires_grad), "embedding": torch.randn(B, 32, **kw).requires_grad_(requires_grad)},
+        features_student={
+            "hint": torch.randn(B, 8, 16, 16, **kw).requires_grad_(requires_grad),
+            "embedding": torch.randn(B, 32, **kw).requires_grad_(requires_grad),
+        },
         features_teacher={"hint": torch.randn(B, 16, 8, 8, **kw), "embedding": torch.randn(B, 64, **kw)},
         index=torch.randperm(64, generator=gen)[:B],
     )
@@ -51,7 +55,9 @@ def test_registry_lists_every_method():
 def test_documented_listing_command():
     out = subprocess.run(
         [sys.executable, "-c", "import methods; print(sorted(methods.METHODS.module_dict))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for name in EXPECTED:
         assert f"'{name}'" in out
@@ -93,7 +99,10 @@ def test_methods_that_need_shapes_say_so():
     with pytest.raises(ValueError, match="DistillContext"):
         build_method("fitnet")
     with pytest.raises(ValueError, match="training-set size"):
-        build_method(small("crd"), DistillContext(num_classes=C, student_shapes={"embedding": (B, 4)}, teacher_shapes={"embedding": (B, 4)}))
+        build_method(
+            small("crd"),
+            DistillContext(num_classes=C, student_shapes={"embedding": (B, 4)}, teacher_shapes={"embedding": (B, 4)}),
+        )
 
 
 def test_dkd_warmup_ramps_from_epoch_one(context):

@@ -8,6 +8,7 @@ the fault points of :mod:`benchmark.faults` (raised in-process as Ctrl-C would b
 Comparisons are exact: the resumed and the uninterrupted run execute the same operations on
 the same inputs in the same process (every epoch reseeds every RNG), so any difference is a bug.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,11 +18,11 @@ import pytest
 import torch
 
 from benchmark import faults
-from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.models import build_model
+from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.store.records import RecordError, RunRecord, read_record
-from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 from benchmark.suites import Pair, get_suite
+from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 
 SUITE = get_suite("digits")
 PAIR = Pair("small_cnn_w32", "small_cnn_w8")
@@ -40,8 +41,17 @@ def teacher_file(tmp_path_factory) -> Path:
 def spec_for(method: str, run_dir: Path, teacher: Path) -> RunSpec:
     recipe = SUITE.resolve("unified", PAIR, method)
     recipe.schedule = recipe.schedule.with_epochs(EPOCHS)
-    return RunSpec(suite=SUITE, pair=PAIR, method=method, recipe=recipe, seed=0, run_dir=run_dir,
-                   teacher_checkpoint=str(teacher), teacher_checkpoint_sha256="test", num_workers=0)
+    return RunSpec(
+        suite=SUITE,
+        pair=PAIR,
+        method=method,
+        recipe=recipe,
+        seed=0,
+        run_dir=run_dir,
+        teacher_checkpoint=str(teacher),
+        teacher_checkpoint_sha256="test",
+        num_workers=0,
+    )
 
 
 def interrupt_at(monkeypatch, point: str, **wanted) -> None:
@@ -92,8 +102,12 @@ CASES = [("crd", point, where) for point, where in POINTS] + [("kd", point, wher
 CASE_IDS = ["mid-epoch", "ckpt-before-val-mid", "ckpt-before-val-last", "before-finalise"]
 
 
-@pytest.mark.parametrize("method,point,where", CASES, ids=[f"{m}-{i}" for m, i in zip(["crd"] * 4 + ["kd"] * 3, CASE_IDS + CASE_IDS[1:])])
-def test_resumed_record_equals_the_uninterrupted_one(method, point, where, uninterrupted, teacher_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "method,point,where", CASES, ids=[f"{m}-{i}" for m, i in zip(["crd"] * 4 + ["kd"] * 3, CASE_IDS + CASE_IDS[1:])]
+)
+def test_resumed_record_equals_the_uninterrupted_one(
+    method, point, where, uninterrupted, teacher_file, tmp_path, monkeypatch
+):
     reference, reference_dir = uninterrupted[method]
     spec = spec_for(method, tmp_path, teacher_file)
     interrupt_at(monkeypatch, point, **where)
@@ -112,7 +126,9 @@ def test_resumed_record_equals_the_uninterrupted_one(method, point, where, unint
     assert resumed.runtime["measured_iterations"] >= reference.runtime["measured_iterations"] - 5
 
 
-def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(uninterrupted, teacher_file, tmp_path, monkeypatch):
+def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(
+    uninterrupted, teacher_file, tmp_path, monkeypatch
+):
     reference, reference_dir = uninterrupted["crd"]
     spec = spec_for("crd", tmp_path, teacher_file)
     interrupt_at(monkeypatch, "after_checkpoint", epoch=EPOCHS)
@@ -190,10 +206,14 @@ def test_bf16_autocast_and_channels_last_end_to_end(teacher_file, tmp_path):
             model = runner.model
             with runner.optim_wrapper.optim_context(model):
                 logits = model(model.data_preprocessor(data_batch, True)["inputs"], mode="tensor")
-            seen.update(wrapper=type(runner.optim_wrapper).__name__, dtype=logits.dtype,
-                        layout=next(model.student.parameters()).is_contiguous(memory_format=torch.channels_last)
-                        if next(model.student.parameters()).dim() == 4 else None,
-                        loss=float(outputs["loss"].detach()))
+            seen.update(
+                wrapper=type(runner.optim_wrapper).__name__,
+                dtype=logits.dtype,
+                layout=next(model.student.parameters()).is_contiguous(memory_format=torch.channels_last)
+                if next(model.student.parameters()).dim() == 4
+                else None,
+                loss=float(outputs["loss"].detach()),
+            )
 
     spec = spec_for("dkd", tmp_path, teacher_file)
     spec.recipe.options = {"amp": "bfloat16", "channels_last": True}

@@ -5,6 +5,7 @@ DDP, SyncBN, TensorBoard, seed, work dir) goes through one overlay (``apply_run_
 the suite's own config builder. These tests build each suite's complete config without data or
 teacher files, as ``--dry-run --print-config`` does, and check that each option landed.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,31 +17,53 @@ import pytest
 
 from benchmark.detection import detection_stack_problem
 from benchmark.errors import UsageError
-from benchmark.sweep.options import parse_args
-from benchmark.train import build_config
 from benchmark.suites import get_suite, suite_names
-from benchmark.sweep.plan import BASELINE, plan_sweep
 from benchmark.sweep.in_process import run_spec
+from benchmark.sweep.options import parse_args
+from benchmark.sweep.plan import BASELINE, plan_sweep
+from benchmark.train import build_config
 
 REPO = Path(__file__).resolve().parent.parent
 PROBLEM = detection_stack_problem()
 # Outside CI a machine without the detection stack skips the coco cases; under CI they must run.
-SUITES = ["digits", "cifar100", "imagenet",
-          pytest.param("coco", marks=pytest.mark.skipif(PROBLEM is not None and not os.environ.get("CI"),
-                                                        reason=f"fallback outside CI only: {PROBLEM}"))]
+SUITES = [
+    "digits",
+    "cifar100",
+    "imagenet",
+    pytest.param(
+        "coco",
+        marks=pytest.mark.skipif(
+            PROBLEM is not None and not os.environ.get("CI"), reason=f"fallback outside CI only: {PROBLEM}"
+        ),
+    ),
+]
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "benchmark/run.py", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "benchmark/run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def planned_configs(suite: str, tmp_path: Path, *options: str) -> list:
     """The complete config of the first planned run of each method (baseline and KD)."""
-    args = parse_args(["--suite", suite, "--methods", "kd", "--seeds", "2", "--work-dir", str(tmp_path),
-                       "--data-root", str(tmp_path / "no-data"), *options])
+    args = parse_args(
+        [
+            "--suite",
+            suite,
+            "--methods",
+            "kd",
+            "--seeds",
+            "2",
+            "--work-dir",
+            str(tmp_path),
+            "--data-root",
+            str(tmp_path / "no-data"),
+            *options,
+        ]
+    )
     sweep = plan_sweep(args)
     configs = []
     for run in sweep.runs:
@@ -51,8 +74,9 @@ def planned_configs(suite: str, tmp_path: Path, *options: str) -> list:
             from types import SimpleNamespace
 
             teacher = SimpleNamespace(path=str(tmp_path / "teacher.pth"), sha256=None, top1=None, source="test")
-        configs.append((run, build_config(run_spec(run, args, sweep.suite, sweep.stage, teacher), None,
-                                          check_files=False)))
+        configs.append(
+            (run, build_config(run_spec(run, args, sweep.suite, sweep.stage, teacher), None, check_files=False))
+        )
     assert {run.method for run, _ in configs} == {BASELINE, "kd"}
     return configs
 
@@ -79,7 +103,10 @@ def test_every_run_option_reaches_the_config(suite, tmp_path):
         assert run.recipe.options == {"amp": "bfloat16", "channels_last": True}
         assert cfg.optim_wrapper.type == "CPUAutocastOptimWrapper" and cfg.optim_wrapper.dtype == "bfloat16"
         assert cfg.model.channels_last is True
-        assert [backend["type"] for backend in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardVisBackend"]
+        assert [backend["type"] for backend in cfg.visualizer.vis_backends] == [
+            "LocalVisBackend",
+            "TensorboardVisBackend",
+        ]
         assert cfg.model_wrapper_cfg.type == "DeviceAwareDistributedDataParallel"
         assert cfg.env_cfg.dist_cfg.backend == "gloo"
         assert cfg.train_dataloader.batch_size == run.recipe.schedule.batch_size // 2
@@ -112,8 +139,23 @@ def test_help_lists_every_registered_suite():
 @pytest.mark.skipif(PROBLEM is not None and not os.environ.get("CI"), reason=f"fallback outside CI only: {PROBLEM}")
 def test_print_config_shows_the_bf16_wrapper_on_coco(tmp_path):
     """--dry-run --print-config prints the complete config without data or teacher files."""
-    common = ("--suite", "coco", "--methods", "kd", "--seeds", "1", "--pairs", "frcnn_r101-frcnn_r18", "--no-baseline",
-              "--dry-run", "--print-config", "--work-dir", str(tmp_path), "--data-root", str(tmp_path / "none"))
+    common = (
+        "--suite",
+        "coco",
+        "--methods",
+        "kd",
+        "--seeds",
+        "1",
+        "--pairs",
+        "frcnn_r101-frcnn_r18",
+        "--no-baseline",
+        "--dry-run",
+        "--print-config",
+        "--work-dir",
+        str(tmp_path),
+        "--data-root",
+        str(tmp_path / "none"),
+    )
     amp = run_cli(*common, "--amp")
     assert amp.returncode == 0, amp.stderr
     assert "type='CPUAutocastOptimWrapper'" in amp.stdout and "dtype='bfloat16'" in amp.stdout
@@ -127,7 +169,9 @@ def test_print_config_shows_the_bf16_wrapper_on_coco(tmp_path):
 
 
 def test_print_config_digits_implies_dry_run(tmp_path):
-    out = run_cli("--suite", "digits", "--methods", "crd", "--seeds", "1", "--print-config", "--work-dir", str(tmp_path))
+    out = run_cli(
+        "--suite", "digits", "--methods", "crd", "--seeds", "1", "--print-config", "--work-dir", str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr
     assert "type='DistillationModel'" in out.stdout and "contrast_k=" in out.stdout
     assert not any(tmp_path.iterdir())  # a dry run creates nothing
@@ -137,9 +181,22 @@ def test_print_config_digits_implies_dry_run(tmp_path):
 
 
 def test_all_problems_are_reported_together_data_first(tmp_path):
-    out = run_cli("--suite", "cifar100", "--methods", "kd", "--pairs", "resnet56-resnet20", "--seeds", "1",
-                  "--data-root", str(tmp_path / "nonexistent"), "--teachers", str(tmp_path / "no-teachers"),
-                  "--work-dir", str(tmp_path / "wd"))
+    out = run_cli(
+        "--suite",
+        "cifar100",
+        "--methods",
+        "kd",
+        "--pairs",
+        "resnet56-resnet20",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(tmp_path / "nonexistent"),
+        "--teachers",
+        str(tmp_path / "no-teachers"),
+        "--work-dir",
+        str(tmp_path / "wd"),
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2, out.stderr
@@ -150,8 +207,20 @@ def test_all_problems_are_reported_together_data_first(tmp_path):
 
 @pytest.mark.parametrize("train_teachers", [False, True])
 def test_coco_reports_missing_data_with_or_without_teachers(train_teachers, tmp_path):
-    args = ["--suite", "coco", "--methods", "kd", "--pairs", "frcnn_r101-frcnn_r18", "--seeds", "1",
-            "--data-root", str(tmp_path / "nonexistent"), "--work-dir", str(tmp_path / "wd")]
+    args = [
+        "--suite",
+        "coco",
+        "--methods",
+        "kd",
+        "--pairs",
+        "frcnn_r101-frcnn_r18",
+        "--seeds",
+        "1",
+        "--data-root",
+        str(tmp_path / "nonexistent"),
+        "--work-dir",
+        str(tmp_path / "wd"),
+    ]
     out = run_cli(*args, *(["--train-teachers"] if train_teachers else []))
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
 """End to end through MMEngine's Runner on a tiny CIFAR-100 in the official format."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,11 +11,11 @@ import torch
 from mmengine.hooks import Hook
 
 import methods
-from benchmark.store.checkpoints import CheckpointError, load_community_checkpoint, save_community_checkpoint
 from benchmark.models import build_model
+from benchmark.store.checkpoints import CheckpointError, load_community_checkpoint, save_community_checkpoint
 from benchmark.store.records import read_record
-from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 from benchmark.suites import Pair, ResolvedRecipe, Schedule, get_suite
+from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 
 REPO = Path(__file__).resolve().parent.parent
 PAIR = Pair("resnet20", "resnet8")
@@ -29,12 +30,23 @@ def teacher_checkpoint(tmp_path_factory):
     return path
 
 
-def spec_for(method_cfg: dict, run_dir: Path, data_root: Path, teacher_ckpt: Path, epochs: int = 1, seed: int = 0) -> RunSpec:
-    recipe = ResolvedRecipe("unified", Schedule(epochs=epochs, batch_size=32, lr=0.05, milestones=(max(1, epochs - 1),)), method_cfg)
+def spec_for(
+    method_cfg: dict, run_dir: Path, data_root: Path, teacher_ckpt: Path, epochs: int = 1, seed: int = 0
+) -> RunSpec:
+    recipe = ResolvedRecipe(
+        "unified", Schedule(epochs=epochs, batch_size=32, lr=0.05, milestones=(max(1, epochs - 1),)), method_cfg
+    )
     return RunSpec(
-        suite=get_suite("cifar100"), pair=PAIR, method=method_cfg["type"], recipe=recipe, seed=seed,
-        run_dir=run_dir, data_root=str(data_root), teacher_checkpoint=str(teacher_ckpt),
-        teacher_checkpoint_sha256="test", num_workers=0,
+        suite=get_suite("cifar100"),
+        pair=PAIR,
+        method=method_cfg["type"],
+        recipe=recipe,
+        seed=seed,
+        run_dir=run_dir,
+        data_root=str(data_root),
+        teacher_checkpoint=str(teacher_ckpt),
+        teacher_checkpoint_sha256="test",
+        num_workers=0,
     )
 
 
@@ -50,7 +62,13 @@ def test_every_method_trains_through_the_runner(name, tiny_cifar100, teacher_che
     assert [p.epoch for p in record.curve] == [1]
     assert 0 <= record.last_top1 <= 100 and 0 <= record.last_top5 <= 100 and record.last_top5 >= record.last_top1
     assert record.images_per_s and record.images_per_s > 0
-    assert {"teacher_forward_ms", "student_forward_backward_ms", "distill_loss_ms", "data_wait_ms", "peak_memory_mb"} <= set(record.runtime)
+    assert {
+        "teacher_forward_ms",
+        "student_forward_backward_ms",
+        "distill_loss_ms",
+        "data_wait_ms",
+        "peak_memory_mb",
+    } <= set(record.runtime)
     on_disk = read_record(tmp_path / name / "record.json")
     assert on_disk.status == "completed" and on_disk.recipe_hash == spec.recipe.hash
     # The student is exported in the community format and loads strictly.
@@ -59,7 +77,15 @@ def test_every_method_trains_through_the_runner(name, tiny_cifar100, teacher_che
     # MMEngine logged every weighted term the method returned.
     scalars = next((tmp_path / name / "mmengine").glob("*/vis_data/scalars.json")).read_text()
     assert '"loss_ce"' in scalars or name == "fitnet" and '"loss_hint"' in scalars
-    expected_term = {"kd": "loss_kd", "fitnet": "loss_hint", "crd": "loss_crd", "crd_kd": "loss_crd", "dkd": "loss_dkd", "ckd": "loss_ckd", "ce": "loss_ce"}[name]
+    expected_term = {
+        "kd": "loss_kd",
+        "fitnet": "loss_hint",
+        "crd": "loss_crd",
+        "crd_kd": "loss_crd",
+        "dkd": "loss_dkd",
+        "ckd": "loss_ckd",
+        "ce": "loss_ce",
+    }[name]
     assert f'"{expected_term}"' in scalars
 
 
@@ -125,9 +151,15 @@ def test_nan_loss_stops_the_run_and_records_it_as_failed(tiny_cifar100, teacher_
 def test_teacher_loaded_strictly_and_frozen(tiny_cifar100, teacher_checkpoint, tmp_path):
     from benchmark.train.model import DistillationModel
 
-    model = DistillationModel(student="resnet8", teacher="resnet20", teacher_checkpoint=str(teacher_checkpoint),
-                              method={"type": "kd"}, num_classes=100, num_data=N_TRAIN,
-                              data_preprocessor=dict(type="DistillDataPreprocessor", mean=(0.5,) * 3, std=(0.25,) * 3))
+    model = DistillationModel(
+        student="resnet8",
+        teacher="resnet20",
+        teacher_checkpoint=str(teacher_checkpoint),
+        method={"type": "kd"},
+        num_classes=100,
+        num_data=N_TRAIN,
+        data_preprocessor=dict(type="DistillDataPreprocessor", mean=(0.5,) * 3, std=(0.25,) * 3),
+    )
     saved = torch.load(teacher_checkpoint, weights_only=True)["model"]
     model.init_weights()
     model.train()
@@ -148,11 +180,28 @@ def test_corrupt_and_mismatched_teacher_checkpoints_are_clear_errors(tmp_path, t
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "benchmark" / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmark" / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cli_dry_run_prints_the_cifar100_plan(tmp_path):
-    out = run_cli("--suite", "cifar100", "--methods", "ckd,crd,dkd", "--dry-run", "--seeds", "1", "--work-dir", str(tmp_path), cwd=tmp_path)
+    out = run_cli(
+        "--suite",
+        "cifar100",
+        "--methods",
+        "ckd,crd,dkd",
+        "--dry-run",
+        "--seeds",
+        "1",
+        "--work-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     run_lines = [line for line in out.stdout.splitlines() if line.startswith("  [")]
     assert len(run_lines) == 13 * 4  # 13 pairs x (ce baseline + 3 methods)
@@ -176,11 +225,32 @@ def test_cli_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
 
 
 def test_cli_uses_community_teachers_and_skips_completed_runs(tiny_cifar100, teacher_checkpoint, tmp_path):
-    args = ["--suite", "cifar100", "--methods", "kd", "--pairs", "resnet56-resnet20", "--seeds", "1", "--epochs", "1",
-            "--data-root", str(tiny_cifar100), "--teachers", str(tmp_path / "teachers"), "--work-dir", str(tmp_path / "w"),
-            "--num-workers", "0", "--no-aggregate", "--no-baseline"]
+    args = [
+        "--suite",
+        "cifar100",
+        "--methods",
+        "kd",
+        "--pairs",
+        "resnet56-resnet20",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--data-root",
+        str(tiny_cifar100),
+        "--teachers",
+        str(tmp_path / "teachers"),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--num-workers",
+        "0",
+        "--no-aggregate",
+        "--no-baseline",
+    ]
     torch.manual_seed(0)
-    save_community_checkpoint(build_model("resnet56", 100), tmp_path / "teachers" / "resnet56_vanilla" / "ckpt_epoch_240.pth")
+    save_community_checkpoint(
+        build_model("resnet56", 100), tmp_path / "teachers" / "resnet56_vanilla" / "ckpt_epoch_240.pth"
+    )
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "teacher resnet56: top-1" in first.stdout
@@ -196,7 +266,23 @@ def test_cli_refuses_a_corrupt_record_instead_of_overwriting_it(tiny_cifar100, t
     run_dir = tmp_path / "w" / "cifar100" / "unified-e1" / "resnet56-resnet20" / "ce" / "seed0"
     run_dir.mkdir(parents=True)
     (run_dir / "record.json").write_text("{ half a record")
-    out = run_cli("--suite", "cifar100", "--methods", "ce", "--pairs", "resnet56-resnet20", "--seeds", "1", "--epochs", "1",
-                  "--data-root", str(tiny_cifar100), "--work-dir", str(tmp_path / "w"), "--no-aggregate", cwd=tmp_path)
+    out = run_cli(
+        "--suite",
+        "cifar100",
+        "--methods",
+        "ce",
+        "--pairs",
+        "resnet56-resnet20",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--data-root",
+        str(tiny_cifar100),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--no-aggregate",
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "cannot trust" in out.stderr
     assert (run_dir / "record.json").read_text() == "{ half a record"

@@ -5,6 +5,7 @@ Published CIFAR-100 numbers were obtained with the community teacher checkpoints
 suite trained itself, or from an unknown one, gets its Δ marked § in the md / tex
 tables and ``delta_comparable = False`` in the CSV; the Student row (no teacher) never.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +15,11 @@ import pandas as pd
 import pytest
 
 from benchmark.aggregate import aggregate
-from benchmark.store.records import RunRecord
 from benchmark.report import synthetic
 from benchmark.report.load import recorded_teacher_source
 from benchmark.report.synthetic import make_record
 from benchmark.report.tables import SECTION
+from benchmark.store.records import RunRecord
 
 COMMUNITY_PAIR = ("resnet32x4", "resnet8x4")  # published: teacher 79.42, student 72.50, KD 73.33 (last epoch)
 TRAINED_PAIR = ("resnet56", "resnet20")  # published: teacher 72.34, student 69.06, KD 70.66 (last epoch)
@@ -41,10 +42,18 @@ def trained_teacher(teacher: str, top1: float) -> RunRecord:
     return make_record("cifar100", teacher, teacher, "teacher", 0, top1)
 
 
-def student_run(pair, method: str, seed: int, last: float, sha: str | None, teacher_top1: float | None,
-                source: str | None = None) -> RunRecord:
-    record = make_record("cifar100", *pair, method, seed, last, teacher_top1=teacher_top1,
-                         extra={"teacher_source": source} if source else None)
+def student_run(
+    pair, method: str, seed: int, last: float, sha: str | None, teacher_top1: float | None, source: str | None = None
+) -> RunRecord:
+    record = make_record(
+        "cifar100",
+        *pair,
+        method,
+        seed,
+        last,
+        teacher_top1=teacher_top1,
+        extra={"teacher_source": source} if source else None,
+    )
     record.teacher_checkpoint_sha256 = sha
     return record
 
@@ -69,7 +78,10 @@ def base_records() -> list[RunRecord]:
 def tables_of(tmp_path: Path, records: list[RunRecord], name: str = "run") -> dict[str, str]:
     write_all(tmp_path / name / "w", records)
     aggregate([tmp_path / name / "w"], tmp_path / name / "t", tmp_path / name / "r")
-    out = {ext: (tmp_path / name / "t" / f"cifar100_last.{ext}").read_text(encoding="utf-8") for ext in ("md", "tex", "csv")}
+    out = {
+        ext: (tmp_path / name / "t" / f"cifar100_last.{ext}").read_text(encoding="utf-8")
+        for ext in ("md", "tex", "csv")
+    }
     out["index"] = (tmp_path / name / "r" / "index.md").read_text(encoding="utf-8")
     return out
 
@@ -221,15 +233,18 @@ def test_deterministic(tmp_path):
         assert first[key] == second[key], key
 
 
-@pytest.mark.parametrize("method, extra, expected", [
-    ("teacher", {"source": "community checkpoint t/resnet56_vanilla/ckpt_epoch_240.pth"}, "community"),
-    ("teacher", {}, "trained"),
-    ("teacher", {"source": "something else"}, "trained"),
-    ("kd", {}, ""),
-    ("kd", {"teacher_source": "community"}, "community"),
-    ("kd", {"teacher_source": "Trained "}, "trained"),
-    ("kd", {"teacher_source": "elsewhere"}, ""),  # not one of the two values: derived by the tables
-    ("kd", {"teacher_source": 3}, ""),
-])
+@pytest.mark.parametrize(
+    "method, extra, expected",
+    [
+        ("teacher", {"source": "community checkpoint t/resnet56_vanilla/ckpt_epoch_240.pth"}, "community"),
+        ("teacher", {}, "trained"),
+        ("teacher", {"source": "something else"}, "trained"),
+        ("kd", {}, ""),
+        ("kd", {"teacher_source": "community"}, "community"),
+        ("kd", {"teacher_source": "Trained "}, "trained"),
+        ("kd", {"teacher_source": "elsewhere"}, ""),  # not one of the two values: derived by the tables
+        ("kd", {"teacher_source": 3}, ""),
+    ],
+)
 def test_recorded_teacher_source(method, extra, expected):
     assert recorded_teacher_source(method, extra) == expected

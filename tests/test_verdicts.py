@@ -4,6 +4,7 @@ Every expected verdict below is worked by hand from the rule (the module docstri
 t quantiles come from scipy. Notation: d = our mean − published, s = our seed std (ddof=1),
 n = our seeds, m = published runs, SE = s·√(1/n + 1/m), ν = n − 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,20 @@ from benchmark.report.load import load_records
 from benchmark.report.published import PUBLISHED_CSV, load_published
 from benchmark.report.synthetic import make_record
 from benchmark.report.tables import METHOD_ORDER, STATISTICS, build_suite_tables, suite_pair_order
-from benchmark.report.verdict import (ABOVE, BELOW, INCONCLUSIVE, NOT_APPLICABLE, REPRODUCED, TOO_FEW,
-                                      benjamini_hochberg, margin_for, p_value, seeds_needed, standard_error, verdict)
+from benchmark.report.verdict import (
+    ABOVE,
+    BELOW,
+    INCONCLUSIVE,
+    NOT_APPLICABLE,
+    REPRODUCED,
+    TOO_FEW,
+    benjamini_hochberg,
+    margin_for,
+    p_value,
+    seeds_needed,
+    standard_error,
+    verdict,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "records"
@@ -64,8 +77,9 @@ def test_reproduced():
     90% = 0.05 ± 2.1318·SE = [−0.2197, 0.3197] ⊂ ±0.5."""
     v = verdict(0.05, 0.2, 5, m=5, margin=0.5)
     assert v.label == REPRODUCED and v.text == "reproduced"
-    assert v.interval90 == pytest.approx((0.05 - _q(0.95, 4) * 0.2 * math.sqrt(0.4),
-                                          0.05 + _q(0.95, 4) * 0.2 * math.sqrt(0.4)))
+    assert v.interval90 == pytest.approx(
+        (0.05 - _q(0.95, 4) * 0.2 * math.sqrt(0.4), 0.05 + _q(0.95, 4) * 0.2 * math.sqrt(0.4))
+    )
     assert v.interval90 == pytest.approx((-0.2197, 0.3197), abs=1e-4)
     # The same numbers with ImageNet's margin 0.3: 0.3197 ≥ 0.3, not reproduced; 95% contains 0: inconclusive.
     assert verdict(0.05, 0.2, 5, m=5, margin=0.3).label == INCONCLUSIVE
@@ -165,10 +179,16 @@ def test_every_published_row_of_a_registered_pair_matches_a_table():
     table = load_published()
     unmatched = []
     for row in frame.itertuples(index=False):
-        key = next(k for k, v in table.items() if k[0] == row.suite and v.top1 == float(row.top1)
-                   and v.source == row.source.strip() and v.statistic == row.statistic.strip()
-                   and k[3] == {"student": "ce"}.get(row.method, row.method)
-                   and (row.teacher, row.student) in (k[1:3], tuple(_paper_names(row.suite, k[1:3]))))
+        key = next(
+            k
+            for k, v in table.items()
+            if k[0] == row.suite
+            and v.top1 == float(row.top1)
+            and v.source == row.source.strip()
+            and v.statistic == row.statistic.strip()
+            and k[3] == {"student": "ce"}.get(row.method, row.method)
+            and (row.teacher, row.student) in (k[1:3], tuple(_paper_names(row.suite, k[1:3])))
+        )
         pairs = {(p.teacher, p.student) for p in get_suite(row.suite).pairs}
         pub = table[key]
         if key[1:3] not in pairs or key[3] not in METHOD_ORDER or pub.kind not in STATISTICS:
@@ -221,12 +241,25 @@ def handmade(tmp_path_factory):
     root = tmp_path_factory.mktemp("verdicts")
     for pair, method, seeds, _, _ in CASES:
         for seed, value in enumerate(seeds):  # bump = 0: best epoch = last epoch = the value
-            synthetic.write(root / "w", make_record("cifar100", *pair, method, seed, value, bump=0.0,
-                                                    teacher_top1=75.0, extra=COMMUNITY))
+            synthetic.write(
+                root / "w",
+                make_record("cifar100", *pair, method, seed, value, bump=0.0, teacher_top1=75.0, extra=COMMUNITY),
+            )
     # A § cell: KD on resnet110→resnet20 with a teacher that is not the community one.
     for seed, value in enumerate([70.1, 70.3]):
-        synthetic.write(root / "w", make_record("cifar100", "resnet110", "resnet20", "kd", seed, value,
-                                                teacher_top1=74.0, extra={"teacher_source": "trained"}))
+        synthetic.write(
+            root / "w",
+            make_record(
+                "cifar100",
+                "resnet110",
+                "resnet20",
+                "kd",
+                seed,
+                value,
+                teacher_top1=74.0,
+                extra={"teacher_source": "trained"},
+            ),
+        )
     # A teacher row: never a verdict.
     synthetic.write(root / "w", make_record("cifar100", "vgg13", "vgg13", "teacher", 0, 74.6, extra=COMMUNITY))
     aggregate([root / "w"], root / "t", root / "r")
@@ -292,8 +325,10 @@ def test_footnote_and_index(handmade):
     summary = index.split("Verdicts vs published")[1].split("\n## ")[0]
     rows = [[c.strip() for c in li.strip("|").split("|")] for li in summary.splitlines() if li.startswith("| cifar")]
     # suite, table, compared, reproduced, below, above, inconclusive, too few seeds, seeds needed
-    assert rows == [["cifar100", "last", "4", "1", "0", "1", "1", "1", "n ≥ 10"],
-                    ["cifar100", "best", "1", "0", "1", "0", "0", "0", "–"]]
+    assert rows == [
+        ["cifar100", "last", "4", "1", "0", "1", "1", "1", "n ≥ 10"],
+        ["cifar100", "best", "1", "0", "1", "0", "0", "0", "–"],
+    ]
 
 
 def test_best_minus_last_row(handmade):
@@ -325,7 +360,7 @@ def test_fixture_verdict_numbers_are_robust_to_the_machine():
                         if value is None or not math.isfinite(value) or value == 0.0:
                             continue
                         for decimals in (2, 4):
-                            scaled = abs(value) * 10 ** decimals
+                            scaled = abs(value) * 10**decimals
                             assert abs(scaled - math.floor(scaled) - 0.5) > 1e-6, (suite, row.label, value)
 
 
@@ -340,8 +375,10 @@ def test_imagenet_margin_and_unstated_statistic(tmp_path):
     pair = ("resnet34_in1k", "resnet18_in1k")
     for method, seeds in (("ce", [69.70, 69.80, 69.90]), ("crd", [71.10, 71.20])):
         for seed, value in enumerate(seeds):
-            synthetic.write(tmp_path / "w", make_record("imagenet", *pair, method, seed, value, bump=0.0,
-                                                        teacher_top1=73.31, extra=COMMUNITY))
+            synthetic.write(
+                tmp_path / "w",
+                make_record("imagenet", *pair, method, seed, value, bump=0.0, teacher_top1=73.31, extra=COMMUNITY),
+            )
     aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
     last = pd.read_csv(tmp_path / "t" / "imagenet_last.csv", keep_default_na=False, dtype=str)
     assert _cell(last, pair, "ce")["published"] == "69.7600" and _cell(last, pair, "ce")["verdict"] == INCONCLUSIVE

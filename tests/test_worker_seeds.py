@@ -5,6 +5,7 @@ workers start; with workers restarted each epoch, every epoch replayed the same 
 draws per worker slot. ``seed_data_worker`` seeds from (run seed, epoch, rank, worker id),
 with the epoch bound by ``EpochSeeder`` before the epoch's workers start.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 from benchmark.store.checkpoints import allow_mmengine_checkpoint_globals
-from benchmark.train.hooks import seed_data_worker
-from benchmark.train.hooks import EpochSeeder
+from benchmark.train.hooks import EpochSeeder, seed_data_worker
 
 WORKERS, EPOCHS, BATCH, ITEMS = 2, 2, 2, 8
 
@@ -56,16 +56,26 @@ class EpochOnModel(EpochSeeder):
 def train(work_dir, resume_from: str | None = None) -> dict[int, torch.Tensor]:
     model = DrawRecorder()
     runner = Runner(
-        model=model, work_dir=str(work_dir),
-        train_dataloader=dict(batch_size=BATCH, num_workers=WORKERS, persistent_workers=False,
-                              sampler=dict(type="DefaultSampler", shuffle=False), dataset=RandomDraws(),
-                              collate_fn=dict(type="default_collate"),
-                              worker_init_fn=dict(type="seed_data_worker", run_seed=7)),
+        model=model,
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            batch_size=BATCH,
+            num_workers=WORKERS,
+            persistent_workers=False,
+            sampler=dict(type="DefaultSampler", shuffle=False),
+            dataset=RandomDraws(),
+            collate_fn=dict(type="default_collate"),
+            worker_init_fn=dict(type="seed_data_worker", run_seed=7),
+        ),
         train_cfg=dict(by_epoch=True, max_epochs=EPOCHS),
         optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.0)),
         default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1), logger=None),
-        custom_hooks=[], randomness=dict(seed=7), load_from=resume_from, resume=resume_from is not None,
-        log_level="ERROR", experiment_name=f"worker-seeds-{work_dir.name}",
+        custom_hooks=[],
+        randomness=dict(seed=7),
+        load_from=resume_from,
+        resume=resume_from is not None,
+        log_level="ERROR",
+        experiment_name=f"worker-seeds-{work_dir.name}",
         default_scope="mmengine",
     )
     runner.register_hook(EpochOnModel(7))

@@ -27,6 +27,7 @@ two-thread run of a small kernel spends most of its time waiting for the second 
 to be scheduled (CE at B=64: ~45 ms with 2 threads vs 0.3 ms with 1), so multi-threaded
 figures measure the neighbours, not the loss. ``--threads 0`` keeps PyTorch's default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,23 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-
 from methods import METHODS
 
-from .timing import adaptive_ms, add_device_arguments, apply_device_arguments, env_info, median, peak_memory_mb, write_json_and_markdown
+from .timing import (
+    adaptive_ms,
+    add_device_arguments,
+    apply_device_arguments,
+    env_info,
+    median,
+    peak_memory_mb,
+    write_json_and_markdown,
+)
 from .workloads import loss_workload
 
 # Every registered loss, in table order, except a sum of two others (CRD+KD = CRD + KD).
-DEFAULT_METHODS = tuple(sorted((name for name in METHODS.module_dict if name != "crd_kd"),
-                               key=lambda name: METHODS.get(name).table_order))
+DEFAULT_METHODS = tuple(
+    sorted((name for name in METHODS.module_dict if name != "crd_kd"), key=lambda name: METHODS.get(name).table_order)
+)
 DEFAULT_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_CRD_N = (5_000, 50_000, 500_000)
 MAX_SCORE_ELEMENTS = 2**26  # B·N cap for CRD points
@@ -68,8 +77,14 @@ def sweep_points(
 
 
 def measure_point(
-    method: str, batch_size: int, n_data: int | None, device: str,
-    min_time_s: float = 0.3, min_repeats: int = 3, warmup: int = 1, memory: bool = True,
+    method: str,
+    batch_size: int,
+    n_data: int | None,
+    device: str,
+    min_time_s: float = 0.3,
+    min_repeats: int = 3,
+    warmup: int = 1,
+    memory: bool = True,
 ) -> dict[str, Any]:
     workload = loss_workload(method, batch_size, n_data, device)
     times = adaptive_ms(workload, device, min_time_s=min_time_s, min_repeats=min_repeats, warmup=warmup)
@@ -102,8 +117,11 @@ def run_sweep(
         results.append(row)
         if log:
             label = method if n is None else f"{method} N={n}"
-            print(f"{label:>16} B={b:<5} {row['forward_backward_ms']:10.3f} ms  "
-                  f"{row['peak_memory_mb']} MiB  ({time.perf_counter() - start:.1f} s)", flush=True)
+            print(
+                f"{label:>16} B={b:<5} {row['forward_backward_ms']:10.3f} ms  "
+                f"{row['peak_memory_mb']} MiB  ({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
     return {"env": env_info(device), "results": results}
 
 
@@ -114,8 +132,12 @@ def validate_report(report: Any) -> None:
     env = report["env"]
     if not isinstance(env, dict) or set(env) != set(ENV_KEYS):
         raise ValueError(f"env must have exactly {ENV_KEYS}")
-    if not (isinstance(env["torch"], str) and isinstance(env["device"], str) and isinstance(env["date"], str)
-            and isinstance(env["threads"], int)):
+    if not (
+        isinstance(env["torch"], str)
+        and isinstance(env["device"], str)
+        and isinstance(env["date"], str)
+        and isinstance(env["threads"], int)
+    ):
         raise ValueError("env: torch, device, date are strings, threads an int")
     if not isinstance(report["results"], list) or not report["results"]:
         raise ValueError("results must be a non-empty list")
@@ -202,8 +224,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     crd_n = args.crd_n or settings.pop("crd_n", DEFAULT_CRD_N)
     settings.pop("batch_sizes", None), settings.pop("crd_n", None)
     start = time.perf_counter()
-    report = run_sweep([m for m in args.methods.split(",") if m], batch_sizes, crd_n, args.device,
-                       memory=not args.no_memory, log=True, **settings)
+    report = run_sweep(
+        [m for m in args.methods.split(",") if m],
+        batch_sizes,
+        crd_n,
+        args.device,
+        memory=not args.no_memory,
+        log=True,
+        **settings,
+    )
     json_path, md_path = write_report(report, args.out)
     print(f"wrote {json_path} and {md_path} in {time.perf_counter() - start:.0f} s")
     return report

@@ -10,13 +10,21 @@ data; reports the medians and their ratio. ``--with-loss`` also times both paths
 NCE loss on top (elementwise work common to both, which dilutes the ratio). A Markdown
 summary is written beside the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-
-from .timing import add_device_arguments, apply_device_arguments, env_info, interleaved_ms, median, peak_memory_mb, write_json_and_markdown
+from .timing import (
+    add_device_arguments,
+    apply_device_arguments,
+    env_info,
+    interleaved_ms,
+    median,
+    peak_memory_mb,
+    write_json_and_markdown,
+)
 from .workloads import CRD_DIM, CRD_K, CRD_N, memory_scoring_workload
 
 
@@ -34,11 +42,17 @@ def compare(
     variants = [("", False)] + ([("_with_loss", True)] if with_loss else [])
     workloads = {
         f"{path}{suffix}": memory_scoring_workload(path, batch_size, k, n_data, dim, device, with_loss=loss)
-        for suffix, loss in variants for path in ("gather", "full")
+        for suffix, loss in variants
+        for path in ("gather", "full")
     }
     times = interleaved_ms(workloads, device, repeats)
     result: dict[str, object] = {
-        "batch_size": batch_size, "nce_k": k, "n_data": n_data, "feat_dim": dim, "dtype": "float32", "repeats": repeats,
+        "batch_size": batch_size,
+        "nce_k": k,
+        "n_data": n_data,
+        "feat_dim": dim,
+        "dtype": "float32",
+        "repeats": repeats,
     }
     for suffix, _ in variants:
         gather, full = median(times[f"gather{suffix}"]), median(times[f"full{suffix}"])
@@ -66,11 +80,16 @@ def to_markdown(report: dict[str, object]) -> str:
         f"| memory scoring | {r['gather_ms']:.1f} | {r['full_ms']:.1f} | **{r['speedup']:.1f}x** |",
     ]
     if "speedup_with_loss" in r:
-        lines.append(f"| memory scoring + NCE loss | {r['gather_with_loss_ms']:.1f} | {r['full_with_loss_ms']:.1f} | "
-                     f"{r['speedup_with_loss']:.1f}x |")
+        lines.append(
+            f"| memory scoring + NCE loss | {r['gather_with_loss_ms']:.1f} | {r['full_with_loss_ms']:.1f} | "
+            f"{r['speedup_with_loss']:.1f}x |"
+        )
     if "gather_peak_memory_mb" in r:
-        lines += ["", f"Peak tensor memory of one memory-scoring call: gather {r['gather_peak_memory_mb']:.1f} MiB, "
-                      f"full {r['full_peak_memory_mb']:.1f} MiB."]
+        lines += [
+            "",
+            f"Peak tensor memory of one memory-scoring call: gather {r['gather_peak_memory_mb']:.1f} MiB, "
+            f"full {r['full_peak_memory_mb']:.1f} MiB.",
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -87,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--out", type=Path, default=Path("reports/bench/crd_scoring.json"))
     args = parser.parse_args(argv)
     apply_device_arguments(parser, args)
-    result = compare(args.batch_size, args.k, args.n_data, args.dim, args.device, args.repeats, with_loss=args.with_loss)
+    result = compare(
+        args.batch_size, args.k, args.n_data, args.dim, args.device, args.repeats, with_loss=args.with_loss
+    )
     report = {"env": env_info(args.device), "result": result}
     markdown = to_markdown(report)
     write_json_and_markdown(report, args.out, markdown)

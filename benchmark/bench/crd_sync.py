@@ -9,6 +9,7 @@ the N·B rows — and, in the same processes and interleaved, the same step on i
 only (what an unsynchronised DDP port does). The difference is what keeping one bank costs
 per step. Medians over the repetitions; JSON + Markdown like the other benchmark scripts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,21 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.train.launch import free_port
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_rank_main, args=(args.nproc, free_port(), args, tmp), nprocs=args.nproc, join=True, start_method="spawn")
+        mp.start_processes(
+            _rank_main, args=(args.nproc, free_port(), args, tmp), nprocs=args.nproc, join=True, start_method="spawn"
+        )
         ranks = [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=True) for r in range(args.nproc)]
     sync = statistics.median(t for r in ranks for t in r["synchronised_ms"])
     local = statistics.median(t for r in ranks for t in r["local_only_ms"])
     report = {
-        "config": {k: getattr(args, k) for k in ("nproc", "batch_size", "num_data", "nce_k", "feat_dim", "reps", "warmup")},
+        "config": {
+            k: getattr(args, k) for k in ("nproc", "batch_size", "num_data", "nce_k", "feat_dim", "reps", "warmup")
+        },
         "device": "cpu (gloo, 1 thread per process)",
-        "synchronised_ms": round(sync, 3), "local_only_ms": round(local, 3),
-        "sync_overhead_ms": round(sync - local, 3), "ratio": round(sync / local, 3),
+        "synchronised_ms": round(sync, 3),
+        "local_only_ms": round(local, 3),
+        "sync_overhead_ms": round(sync - local, 3),
+        "ratio": round(sync / local, 3),
     }
-    markdown = (f"# CRD memory step under DDP ({args.nproc} processes, gloo, CPU)\n\n"
-                f"per-process batch {args.batch_size}, N = {args.num_data}, K = {args.nce_k}, d = {args.feat_dim}; "
-                f"medians over {args.reps} interleaved repetitions × {args.nproc} ranks\n\n"
-                f"| step | ms |\n|---|---:|\n| synchronised (all-gather + global update) | {sync:.3f} |\n"
-                f"| local batch only (unsynchronised) | {local:.3f} |\n| overhead | {sync - local:.3f} ({sync / local:.3f}×) |\n")
+    markdown = (
+        f"# CRD memory step under DDP ({args.nproc} processes, gloo, CPU)\n\n"
+        f"per-process batch {args.batch_size}, N = {args.num_data}, K = {args.nce_k}, d = {args.feat_dim}; "
+        f"medians over {args.reps} interleaved repetitions × {args.nproc} ranks\n\n"
+        f"| step | ms |\n|---|---:|\n| synchronised (all-gather + global update) | {sync:.3f} |\n"
+        f"| local batch only (unsynchronised) | {local:.3f} |\n| overhead | {sync - local:.3f} ({sync / local:.3f}×) |\n"
+    )
     write_json_and_markdown(report, args.out, markdown)
     print(markdown)
     return 0

@@ -23,6 +23,7 @@ detail and noise; at 500x375 and quality 90 they compress to ~100 KB, like Image
 repetition runs each pipeline once over the same images, order rotated; reported:
 images/s from the median repetition and the ratio ours / torchvision.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .timing import add_device_arguments, apply_device_arguments, env_info, interleaved_ms, median, write_json_and_markdown
+from .timing import (
+    add_device_arguments,
+    apply_device_arguments,
+    env_info,
+    interleaved_ms,
+    median,
+    write_json_and_markdown,
+)
 
 QUICK = {"classes": 2, "per_class": 12, "repeats": 3}
 DEFAULT = {"classes": 4, "per_class": 64, "repeats": 7}
@@ -47,13 +55,20 @@ def realistic_photo(rng: np.random.Generator, width: int, height: int):
     coarse = rng.integers(0, 256, size=(height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
     field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     mid = rng.normal(0, 40, size=(height // 3 + 2, width // 3 + 2, 3)).astype(np.float32)
-    detail = np.stack([np.asarray(Image.fromarray(mid[..., c], mode="F").resize((width, height), Image.Resampling.BICUBIC))
-                       for c in range(3)], axis=-1)
+    detail = np.stack(
+        [
+            np.asarray(Image.fromarray(mid[..., c], mode="F").resize((width, height), Image.Resampling.BICUBIC))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
     pixels = field + detail + rng.normal(0, 8, size=(height, width, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def write_folder(root: Path, classes: int, per_class: int, sizes: list[tuple[int, int]], seed: int = 0) -> dict[str, Any]:
+def write_folder(
+    root: Path, classes: int, per_class: int, sizes: list[tuple[int, int]], seed: int = 0
+) -> dict[str, Any]:
     """train/ and val/ ImageFolder trees of realistic JPEGs (sizes cycled); returns their stats."""
     rng = np.random.default_rng(seed)
     total_bytes = count = 0
@@ -67,8 +82,13 @@ def write_folder(root: Path, classes: int, per_class: int, sizes: list[tuple[int
                 realistic_photo(rng, width, height).save(path, format="JPEG", quality=90)
                 total_bytes += path.stat().st_size
                 count += 1
-    return {"images": count, "mean_jpeg_kb": round(total_bytes / count / 1024, 1),
-            "sizes": [f"{w}x{h}" for w, h in sizes], "classes": classes, "train_per_class": per_class}
+    return {
+        "images": count,
+        "mean_jpeg_kb": round(total_bytes / count / 1024, 1),
+        "sizes": [f"{w}x{h}" for w, h in sizes],
+        "classes": classes,
+        "train_per_class": per_class,
+    }
 
 
 def _pass(dataset, key) -> Any:
@@ -88,18 +108,30 @@ def pipelines(root: Path) -> dict[str, Any]:
 
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     out = {
-        "train_torchvision": (ImageFolder(str(root / "train"), transform=T.Compose(
-            [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize])), lambda item: item[0]),
+        "train_torchvision": (
+            ImageFolder(
+                str(root / "train"),
+                transform=T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), normalize]),
+            ),
+            lambda item: item[0],
+        ),
         "train_ours": (ImageNetDistill(root, "train"), lambda item: item["inputs"]),
         "train_ours_draft": (ImageNetDistill(root, "train", draft=True), lambda item: item["inputs"]),
     }
     if (root / "val").is_dir():
-        out.update({
-            "val_torchvision": (ImageFolder(str(root / "val"), transform=T.Compose(
-                [T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize])), lambda item: item[0]),
-            "val_ours": (ImageNetDistill(root, "val"), lambda item: item["inputs"]),
-            "val_ours_draft": (ImageNetDistill(root, "val", draft=True), lambda item: item["inputs"]),
-        })
+        out.update(
+            {
+                "val_torchvision": (
+                    ImageFolder(
+                        str(root / "val"),
+                        transform=T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), normalize]),
+                    ),
+                    lambda item: item[0],
+                ),
+                "val_ours": (ImageNetDistill(root, "val"), lambda item: item["inputs"]),
+                "val_ours_draft": (ImageNetDistill(root, "val", draft=True), lambda item: item["inputs"]),
+            }
+        )
     return out
 
 
@@ -108,8 +140,10 @@ def preprocess_ms_per_image(device: str, batch_size: int = 64, repeats: int = 5)
     from benchmark.data import IMAGENET_MEAN, IMAGENET_STD, DistillDataPreprocessor
 
     preprocessor = DistillDataPreprocessor(IMAGENET_MEAN, IMAGENET_STD).to(device)
-    batch = {"inputs": torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device),
-             "target": torch.zeros(batch_size, dtype=torch.long, device=device)}
+    batch = {
+        "inputs": torch.randint(0, 256, (batch_size, 3, 224, 224), dtype=torch.uint8, device=device),
+        "target": torch.zeros(batch_size, dtype=torch.long, device=device),
+    }
     times = interleaved_ms({"preprocess": lambda: preprocessor(batch, training=True)}, device, repeats)
     return median(times["preprocess"]) / batch_size
 
@@ -149,7 +183,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {split} | {r[f'{split}_torchvision_images_per_s']:.0f} | {r[f'{split}_ours_images_per_s']:.0f} | "
                 f"**{r[f'{split}_ratio']:.2f}x** | {r[f'{split}_ours_draft_images_per_s']:.0f} | "
-                f"{r[f'{split}_draft_ratio']:.2f}x |")
+                f"{r[f'{split}_draft_ratio']:.2f}x |"
+            )
     lines += [
         "",
         "ours = torchvision's crop/flip calls on the PIL image (pixel-identical), uint8 out; "
@@ -170,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_device_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="few images, 3 repetitions (for tests)")
-    parser.add_argument("--folder", type=Path, help="an existing ImageFolder root with train/ (and val/) instead of generated images")
+    parser.add_argument(
+        "--folder", type=Path, help="an existing ImageFolder root with train/ (and val/) instead of generated images"
+    )
     parser.add_argument("--classes", type=int)
     parser.add_argument("--per-class", type=int)
     parser.add_argument("--sizes", type=_sizes, default=[(500, 375)], help="generated image sizes WxH, comma-separated")
@@ -179,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     apply_device_arguments(parser, args)
     settings = {**(QUICK if args.quick else DEFAULT)}
-    settings.update({k: v for k, v in (("classes", args.classes), ("per_class", args.per_class), ("repeats", args.repeats)) if v})
+    settings.update(
+        {k: v for k, v in (("classes", args.classes), ("per_class", args.per_class), ("repeats", args.repeats)) if v}
+    )
     with tempfile.TemporaryDirectory(prefix="imagenet_loader_") as tmp:
         if args.folder:
             root, data = args.folder, {"images": "user folder", "mean_jpeg_kb": "?", "sizes": [str(args.folder)]}

@@ -31,6 +31,7 @@ in DataLoader workers) and arrive with the batch: they are pre-drawn here, and t
 cost per batch is reported separately (it is on the step's critical path only with
 ``num_workers=0``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,23 @@ from benchmark.store.checkpoints import save_community_checkpoint
 from benchmark.train.model import DistillationModel
 from methods import METHODS, Distiller, StepInputs
 
-from .timing import adaptive_ms, add_device_arguments, apply_device_arguments, env_info, median, synchronize, write_json_and_markdown
+from .timing import (
+    adaptive_ms,
+    add_device_arguments,
+    apply_device_arguments,
+    env_info,
+    median,
+    synchronize,
+    write_json_and_markdown,
+)
 
 # Every registered method that runs a teacher, in table order (the registry's facts).
-DEFAULT_METHODS = tuple(sorted((name for name in METHODS.module_dict if METHODS.get(name).needs_teacher),
-                               key=lambda name: METHODS.get(name).table_order))
+DEFAULT_METHODS = tuple(
+    sorted(
+        (name for name in METHODS.module_dict if METHODS.get(name).needs_teacher),
+        key=lambda name: METHODS.get(name).table_order,
+    )
+)
 TARGET_RATIO = 1.05
 PHASES = ("teacher_ms", "student_ms", "loss_ms", "backward_ms", "optimizer_ms")
 
@@ -108,12 +121,18 @@ class StepRunner:
             loss = F.cross_entropy(logits_student, b.target)
         else:
             rec_s, rec_t = self.recorders if self.recorders else (None, None)
-            losses = self.method(StepInputs(
-                logits_student=logits_student, target=b.target, logits_teacher=logits_teacher, epoch=240,
-                features_student=dict(rec_s.features) if rec_s else {},
-                features_teacher=dict(rec_t.features) if rec_t else {},
-                index=b.index, contrast_index=b.contrast_index,
-            ))
+            losses = self.method(
+                StepInputs(
+                    logits_student=logits_student,
+                    target=b.target,
+                    logits_teacher=logits_teacher,
+                    epoch=240,
+                    features_student=dict(rec_s.features) if rec_s else {},
+                    features_teacher=dict(rec_t.features) if rec_t else {},
+                    index=b.index,
+                    contrast_index=b.contrast_index,
+                )
+            )
             loss = sum(losses.values())
         t3 = self._clock()
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,7 +144,6 @@ class StepRunner:
         for phase, value in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             self.phases[phase].append(1e3 * value)
         return 1e3 * (t5 - t0)
-
 
     def _model_step(self) -> float:
         """One training step of the run's own model: its loss mode (teacher, student, method), backward, SGD.
@@ -153,10 +171,17 @@ class StepRunner:
         return 1e3 * (t5 - t0)
 
 
-
 def build_runners(
-    teacher_name: str, student_name: str, batch_size: int, methods: list[str], device: torch.device,
-    num_data: int = 50_000, seed: int = 0, clock: str = "wall", image_size: int = 32, num_classes: int = 100,
+    teacher_name: str,
+    student_name: str,
+    batch_size: int,
+    methods: list[str],
+    device: torch.device,
+    num_data: int = 50_000,
+    seed: int = 0,
+    clock: str = "wall",
+    image_size: int = 32,
+    num_classes: int = 100,
 ) -> tuple[StepRunner, list[StepRunner]]:
     """The floor and one runner per method, all starting from the same weights and batch."""
     from benchmark.models import build_model
@@ -191,15 +216,33 @@ def build_runners(
         runners = []
         for name in methods:
             torch.manual_seed(seed)
-            model = DistillationModel(student=student_name, method={"type": name}, num_classes=num_classes,
-                                      num_data=num_data, teacher=teacher_name, teacher_checkpoint=str(teacher_file),
-                                      input_size=(3, image_size, image_size)).to(device)
+            model = DistillationModel(
+                student=student_name,
+                method={"type": name},
+                num_classes=num_classes,
+                num_data=num_data,
+                teacher=teacher_name,
+                teacher_checkpoint=str(teacher_file),
+                input_size=(3, image_size, image_size),
+            ).to(device)
             model.student.load_state_dict(student_proto.state_dict())  # the floor's weights: the same work
             model.train()
             params = list(model.student.parameters()) + list(model.method.parameters())
             recorders = (model.student_recorder, model.teacher_recorder) if model.student_recorder else None
-            runners.append(StepRunner(name, model.teacher, model.student, _sgd(params), batch(model.method.contrast_k),
-                                      device, model.method, recorders, clock=clock, model=model))
+            runners.append(
+                StepRunner(
+                    name,
+                    model.teacher,
+                    model.student,
+                    _sgd(params),
+                    batch(model.method.contrast_k),
+                    device,
+                    model.method,
+                    recorders,
+                    clock=clock,
+                    model=model,
+                )
+            )
     return floor, runners
 
 
@@ -236,9 +279,16 @@ def loss_only(runner: StepRunner) -> Callable[[], None]:
     features_s = {k: v.detach().requires_grad_() for k, v in (rec_s.features if rec_s else {}).items()}
     features_t = {k: v.detach() for k, v in (rec_t.features if rec_t else {}).items()}
     logits_student = logits_student.detach().requires_grad_()
-    step = StepInputs(logits_student=logits_student, target=b.target, logits_teacher=logits_teacher, epoch=240,
-                      features_student=features_s, features_teacher=features_t,
-                      index=b.index, contrast_index=b.contrast_index)
+    step = StepInputs(
+        logits_student=logits_student,
+        target=b.target,
+        logits_teacher=logits_teacher,
+        epoch=240,
+        features_student=features_s,
+        features_teacher=features_t,
+        index=b.index,
+        contrast_index=b.contrast_index,
+    )
     leaves = [logits_student, *features_s.values(), *runner.method.parameters()]
 
     def call() -> None:
@@ -296,24 +346,30 @@ def summarise(
         step = times[runner.name]
         paired = [m / f for m, f in zip(step, times["floor"])]
         ratio = median(step) / floor_ms
-        rows.append({
-            "method": runner.name,
-            "step_ms": round(median(step), 3),
-            "ratio": round(ratio, 4),
-            "wall_ratio": round(median(runner.wall_ms) / median(floor.wall_ms), 4),
-            # Same work as the floor's teacher forward (taps aside): its ratio shows the noise.
-            "teacher_ratio": round(median(runner.phases["teacher_ms"]) / floor_teacher, 4),
-            "paired_ratio": round(median(paired), 4),
-            "paired_ratio_iqr": [round(q, 4) for q in _quartiles(paired)],
-            "within_target": ratio <= TARGET_RATIO,
-            **({} if loss_ms is None else {
-                "loss_fwd_bwd_ms": round(loss_ms[runner.name], 3),
-                # The method's own work on top of the floor; what the end-to-end ratio would be without noise.
-                "attributable_ratio": round(1 + loss_ms[runner.name] / floor_ms, 4),
-            }),
-            "phases_ms": {p: round(median(v), 3) for p, v in runner.phases.items()},
-            "extra_params": sum(p.numel() for p in runner.method.parameters()) if runner.method else 0,
-        })
+        rows.append(
+            {
+                "method": runner.name,
+                "step_ms": round(median(step), 3),
+                "ratio": round(ratio, 4),
+                "wall_ratio": round(median(runner.wall_ms) / median(floor.wall_ms), 4),
+                # Same work as the floor's teacher forward (taps aside): its ratio shows the noise.
+                "teacher_ratio": round(median(runner.phases["teacher_ms"]) / floor_teacher, 4),
+                "paired_ratio": round(median(paired), 4),
+                "paired_ratio_iqr": [round(q, 4) for q in _quartiles(paired)],
+                "within_target": ratio <= TARGET_RATIO,
+                **(
+                    {}
+                    if loss_ms is None
+                    else {
+                        "loss_fwd_bwd_ms": round(loss_ms[runner.name], 3),
+                        # The method's own work on top of the floor; what the end-to-end ratio would be without noise.
+                        "attributable_ratio": round(1 + loss_ms[runner.name] / floor_ms, 4),
+                    }
+                ),
+                "phases_ms": {p: round(median(v), 3) for p, v in runner.phases.items()},
+                "extra_params": sum(p.numel() for p in runner.method.parameters()) if runner.method else 0,
+            }
+        )
     return {
         "clock": floor.clock,
         "floor_ms": round(floor_ms, 3),
@@ -332,7 +388,7 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 
 _CLOCKS = {
     "cpu": "CPU time of this process (time.process_time: time slices lost to other processes on a shared "
-           "machine do not count; one thread, so it equals the compute time)",
+    "machine do not count; one thread, so it equals the compute time)",
     "wall": "wall time (time.perf_counter, device synchronised)",
 }
 
@@ -368,11 +424,20 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{ph['loss_ms']:.1f} | {ph['backward_ms']:.1f} | {ph['optimizer_ms']:.1f} | {'yes' if row['within_target'] else 'NO'} |"
         )
     if "contrast_draw_ms" in res:
-        lines += ["", f"CRD contrast-index draw (data side, {cfg['batch_size']} samples, K=16384, one process): "
-                      f"{res['contrast_draw_ms']:.1f} ms per batch — off the step when DataLoader workers draw it."]
+        lines += [
+            "",
+            f"CRD contrast-index draw (data side, {cfg['batch_size']} samples, K=16384, one process): "
+            f"{res['contrast_draw_ms']:.1f} ms per batch — off the step when DataLoader workers draw it.",
+        ]
     for name, table in report.get("profiles", {}).items():
-        lines += ["", f"## Profile of a `{name}` step (end-to-end ratio over target): top operators by self time",
-                  "", "```", table, "```"]
+        lines += [
+            "",
+            f"## Profile of a `{name}` step (end-to-end ratio over target): top operators by self time",
+            "",
+            "```",
+            table,
+            "```",
+        ]
     for name, table in report.get("loss_profiles", {}).items():
         lines += ["", f"## Where `{name}`'s own time goes (loss forward+backward alone)", "", "```", table, "```"]
     lines.append("")
@@ -391,8 +456,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--image-size", type=int, default=32, help="input side (32 for CIFAR-100, 224 for ImageNet)")
     parser.add_argument("--num-classes", type=int, default=100, help="classes (100 CIFAR-100, 1000 ImageNet)")
     add_device_arguments(parser)
-    parser.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
-                        help="auto: CPU time on a one-thread CPU run, else wall time")
+    parser.add_argument(
+        "--clock",
+        choices=["auto", "cpu", "wall"],
+        default="auto",
+        help="auto: CPU time on a one-thread CPU run, else wall time",
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/bench/step_overhead.json"))
     parser.add_argument("--no-profile", action="store_true", help="do not profile methods over the target")
     args = parser.parse_args(argv)
@@ -402,30 +471,54 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if clock == "auto":
         clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
     methods = [m for m in args.methods.split(",") if m]
-    floor, runners = build_runners(args.teacher, args.student, args.batch_size, methods, device, args.num_data,
-                                   clock=clock, image_size=args.image_size, num_classes=args.num_classes)
+    floor, runners = build_runners(
+        args.teacher,
+        args.student,
+        args.batch_size,
+        methods,
+        device,
+        args.num_data,
+        clock=clock,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+    )
     times = measure(floor, runners, args.iters, args.warmup)
     clock_fn = time.process_time if clock == "cpu" else time.perf_counter
-    loss_ms = {r.name: median(adaptive_ms(loss_only(r), device, min_time_s=1.0, min_repeats=5, clock=clock_fn))
-               for r in runners}
+    loss_ms = {
+        r.name: median(adaptive_ms(loss_only(r), device, min_time_s=1.0, min_repeats=5, clock=clock_fn))
+        for r in runners
+    }
     result = summarise(floor, runners, times, loss_ms)
     result["times_ms"] = times
     if any(r.method is not None and r.method.contrast_k for r in runners):
         result["contrast_draw_ms"] = round(contrast_draw_ms(args.batch_size, num_data=args.num_data), 3)
     report: dict[str, Any] = {
         "env": env_info(device),
-        "config": {"teacher": args.teacher, "student": args.student, "batch_size": args.batch_size,
-                   "image_size": args.image_size, "num_classes": args.num_classes,
-                   "clock": clock, "iters": args.iters, "warmup": args.warmup, "num_data": args.num_data, "target_ratio": TARGET_RATIO},
+        "config": {
+            "teacher": args.teacher,
+            "student": args.student,
+            "batch_size": args.batch_size,
+            "image_size": args.image_size,
+            "num_classes": args.num_classes,
+            "clock": clock,
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "num_data": args.num_data,
+            "target_ratio": TARGET_RATIO,
+        },
         "result": result,
     }
     if not args.no_profile:
         by_name: dict[str, StepRunner] = {r.name: r for r in runners}
-        report["profiles"] = {row["method"]: profile_step(by_name[row["method"]])
-                              for row in result["methods"] if not row["within_target"]}
+        report["profiles"] = {
+            row["method"]: profile_step(by_name[row["method"]]) for row in result["methods"] if not row["within_target"]
+        }
         # Where a method's own time goes, for those costing more than 0.5% of the floor.
-        report["loss_profiles"] = {row["method"]: profile_call(loss_only(by_name[row["method"]]), device, calls=3, top=10)
-                                   for row in result["methods"] if row["attributable_ratio"] > 1.005}
+        report["loss_profiles"] = {
+            row["method"]: profile_call(loss_only(by_name[row["method"]]), device, calls=3, top=10)
+            for row in result["methods"]
+            if row["attributable_ratio"] > 1.005
+        }
     markdown = to_markdown(report)
     write_json_and_markdown(report, args.out, markdown)
     print(markdown)

@@ -4,6 +4,7 @@ Why not one ``timeit`` per configuration: on a shared machine the load changes o
 seconds, so configurations that are compared are timed *interleaved* (one repetition of
 each in turn, order rotated) and summarised by their median.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,7 +97,11 @@ def peak_memory_mb(fn: Workload, device: torch.device | str) -> float:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
     for event in events:
@@ -131,8 +136,12 @@ def write_json_and_markdown(report: dict, out: Path, markdown: str) -> tuple[Pat
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--threads``, the same for every benchmark script."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (default 1: two threads on a shared 2-core machine mostly time the scheduler); 0 keeps PyTorch's default")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default 1: two threads on a shared 2-core machine mostly time the scheduler); 0 keeps PyTorch's default",
+    )
 
 
 def apply_device_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

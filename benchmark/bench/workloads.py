@@ -6,6 +6,7 @@ pair), 100 classes: both networks' FitNet hint (stage-2 output, ``layer2``) is
 (``tests/bench/test_loss_bench.py`` checks them against ``benchmark.models``).
 CRD: K = 16384 negatives, N = 50,000 samples, 128-d embeddings, unless told otherwise.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -175,11 +176,25 @@ def memory_scoring_workload(
     contrast_index = torch.randint(n_data, (batch_size, k + 1), generator=gen)
     contrast_index[:, 0] = index
     upstream = tuple(torch.randn(batch_size, k + 1, generator=gen, dtype=dtype).to(device) for _ in range(2))
-    return MemoryScoringWorkload(memory, unit(), unit(), index.to(device), contrast_index.to(device), upstream, with_loss)
+    return MemoryScoringWorkload(
+        memory, unit(), unit(), index.to(device), contrast_index.to(device), upstream, with_loss
+    )
 
 
 __all__ = [
-    "CIFAR_TRAIN_SIZE", "CRD_DIM", "CRD_K", "CRD_N", "EMBEDDING_DIM", "HINT_SHAPE", "NUM_CLASSES",
-    "LossWorkload", "MemoryScoringWorkload", "cifar_context", "crd_k_for", "crd_memory_bytes",
-    "loss_workload", "memory_scoring_workload", "method_config",
+    "CIFAR_TRAIN_SIZE",
+    "CRD_DIM",
+    "CRD_K",
+    "CRD_N",
+    "EMBEDDING_DIM",
+    "HINT_SHAPE",
+    "NUM_CLASSES",
+    "LossWorkload",
+    "MemoryScoringWorkload",
+    "cifar_context",
+    "crd_k_for",
+    "crd_memory_bytes",
+    "loss_workload",
+    "memory_scoring_workload",
+    "method_config",
 ]

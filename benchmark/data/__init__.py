@@ -4,13 +4,14 @@ sampling, and the batch preprocessor that augments and normalises on the model's
 Importing this package registers ``CIFAR100Distill``, ``DigitsDistill`` and
 ``ImageNetDistill`` in mmengine's ``DATASETS`` and ``DistillDataPreprocessor`` in ``MODELS``.
 """
+
 from __future__ import annotations
 
-from .errors import DatasetCorruptError, DatasetNotFoundError
 from .base import DistillDataset
-from .contrast import ClassBlockContrastSampler, ContrastSampler
 from .cifar100 import CIFAR100_MEAN, CIFAR100_STD, CIFAR100Distill
+from .contrast import ClassBlockContrastSampler, ContrastSampler
 from .digits import DIGITS_MEAN, DIGITS_STD, DigitsDistill
+from .errors import DatasetCorruptError, DatasetNotFoundError
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, ImageNetDistill
 from .preprocessor import DistillDataPreprocessor, random_crop_flip
 

@@ -1,4 +1,5 @@
 """The item format every suite dataset shares, so the runner and losses see one shape."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -52,8 +53,9 @@ class DistillDataset(DistillItems):
     that on the model's device, which keeps the workers cheap.
     """
 
-    def __init__(self, images: torch.Tensor, targets: Sequence[int], classes: Sequence[str],
-                 contrast_k: int | None = None) -> None:
+    def __init__(
+        self, images: torch.Tensor, targets: Sequence[int], classes: Sequence[str], contrast_k: int | None = None
+    ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be uint8 [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
         if len(targets) != len(images):

@@ -1,4 +1,5 @@
 """CIFAR-100 from the official python pickles, read and downloaded by torchvision."""
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,9 @@ class CIFAR100Distill(DistillDataset):
             are missing.
     """
 
-    def __init__(self, data_root: str | os.PathLike, split: str = "train", contrast_k: int | None = None,
-                 download: bool = False) -> None:
+    def __init__(
+        self, data_root: str | os.PathLike, split: str = "train", contrast_k: int | None = None, download: bool = False
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.data_root = Path(data_root).expanduser()
@@ -123,8 +125,9 @@ class CIFAR100Distill(DistillDataset):
         """torchvision's download of the official archive; failures become one actionable line."""
         try:
             self.data_root.mkdir(parents=True, exist_ok=True)
-            download_and_extract_archive(CIFAR100.url, str(self.data_root), filename=CIFAR100.filename,
-                                         md5=CIFAR100.tgz_md5)
+            download_and_extract_archive(
+                CIFAR100.url, str(self.data_root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5
+            )
         except Exception as err:
             raise DatasetNotFoundError(
                 f"could not download CIFAR-100 from {CIFAR100.url} into {self.data_root} ({_one_line(err)}); "

@@ -23,6 +23,7 @@ The worker seed is read from ``get_worker_info`` rather than
 ``torch.initial_seed()`` because mmengine's default ``worker_init_fn`` re-seeds
 torch in each worker with ``seed + worker_id``, which is the same every epoch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -134,8 +135,9 @@ class ClassBlockContrastSampler(_WorkerStream):
     the device: ``methods.crd.ContrastMemory``) take 2 x 655,957,504 B = 1.31 GB.
     """
 
-    def __init__(self, targets: Sequence[int] | np.ndarray, k: int, replace: bool = True,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, targets: Sequence[int] | np.ndarray, k: int, replace: bool = True, rng: np.random.Generator | None = None
+    ) -> None:
         labels = np.asarray(targets)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError("ClassBlockContrastSampler needs a non-empty 1-D sequence of targets")
@@ -191,7 +193,9 @@ class ClassBlockContrastSampler(_WorkerStream):
         """``int64[B, K + 1]`` for a batch of dataset indices: own index, then K negatives."""
         indices = np.asarray(indices, dtype=np.int64)
         if not self.replace:
-            return np.stack([self.draw(int(i)) for i in indices]) if len(indices) else np.empty((0, self.k + 1), np.int64)
+            return (
+                np.stack([self.draw(int(i)) for i in indices]) if len(indices) else np.empty((0, self.k + 1), np.int64)
+            )
         labels = self.labels[indices]
         start, count = self.starts[labels][:, None], self.counts[labels][:, None]
         u = self._generator().integers(0, self.num_data - count, size=(len(indices), self.k), dtype=np.int64)

@@ -5,6 +5,7 @@ so the whole pipeline can be exercised end to end without a download. Images are
 upscaled to 32x32 (bilinear) and replicated to 3 channels so CIFAR architectures
 and the same preprocessor apply unchanged.
 """
+
 from __future__ import annotations
 
 import numpy as np

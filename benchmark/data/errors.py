@@ -1,4 +1,5 @@
 """Data errors the runner catches to print one actionable line instead of a traceback."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -47,6 +47,7 @@ only applies to images at least 2x the output size (448+ px on the crop's short 
 most ImageNet images are ~500x375, where it never triggers. Use it for throughput
 studies, not for numbers compared with the references.
 """
+
 from __future__ import annotations
 
 import functools
@@ -76,8 +77,10 @@ DRAFT_FACTORS = (8, 4, 2)  # the reductions libjpeg decodes directly
 
 
 def layout(root: str | os.PathLike) -> str:
-    return (f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
-            f"(ImageFolder layout, 1000 class folders, 1,281,167 / 50,000 images)")
+    return (
+        f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
+        f"(ImageFolder layout, 1000 class folders, 1,281,167 / 50,000 images)"
+    )
 
 
 def _one_line(err: BaseException) -> str:
@@ -85,7 +88,9 @@ def _one_line(err: BaseException) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _scan(folder: str, mtime_ns: int, classes: tuple[str, ...] | None) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+def _scan(
+    folder: str, mtime_ns: int, classes: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """(classes, relative paths as bytes, targets) of an ImageFolder split; cached per process.
 
     Keyed by the split folder's mtime (a class folder added or removed changes it; files
@@ -122,8 +127,13 @@ def _to_uint8_chw(image: Image.Image) -> torch.Tensor:
     return TF.pil_to_tensor(image)  # uint8 [3, H, W], as PILToTensor()
 
 
-def train_image(path: str | os.PathLike, size: int = TRAIN_SIZE, scale: tuple[float, float] = CROP_SCALE,
-                ratio: tuple[float, float] = CROP_RATIO, draft: bool = False) -> torch.Tensor:
+def train_image(
+    path: str | os.PathLike,
+    size: int = TRAIN_SIZE,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+    draft: bool = False,
+) -> torch.Tensor:
     """``RandomResizedCrop(size)`` + ``RandomHorizontalFlip()`` of the image at ``path``, uint8 [3, size, size].
 
     Uses torch's global RNG exactly as those two transforms do (crop parameters, then one
@@ -136,8 +146,9 @@ def train_image(path: str | os.PathLike, size: int = TRAIN_SIZE, scale: tuple[fl
         image = image if image.mode == "RGB" else image.convert("RGB")
         image.load()  # decode while the file is open
     if factor == 1:
-        image = TF.resized_crop(image, top, left, height, width, [size, size], InterpolationMode.BILINEAR,
-                                antialias=True)
+        image = TF.resized_crop(
+            image, top, left, height, width, [size, size], InterpolationMode.BILINEAR, antialias=True
+        )
     else:
         box = (left / factor, top / factor, (left + width) / factor, (top + height) / factor)
         image = image.resize((size, size), Image.Resampling.BILINEAR, box=box)
@@ -154,8 +165,9 @@ def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
-def val_image(path: str | os.PathLike, resize: int = RESIZE_SIZE, crop: int = CROP_SIZE,
-              draft: bool = False) -> torch.Tensor:
+def val_image(
+    path: str | os.PathLike, resize: int = RESIZE_SIZE, crop: int = CROP_SIZE, draft: bool = False
+) -> torch.Tensor:
     """``Resize(resize)`` + ``CenterCrop(crop)`` of the image at ``path``, uint8 [3, crop, crop]."""
     with open(path, "rb") as infile:
         image = Image.open(infile)
@@ -166,8 +178,9 @@ def val_image(path: str | os.PathLike, resize: int = RESIZE_SIZE, crop: int = CR
     if factor == 1:
         image = TF.resize(image, resize, InterpolationMode.BILINEAR, antialias=True)
     else:  # the full-size geometry, resampled from the reduced decode
-        image = image.resize(_resized_size(width, height, resize), Image.Resampling.BILINEAR,
-                             box=(0, 0, width / factor, height / factor))
+        image = image.resize(
+            _resized_size(width, height, resize), Image.Resampling.BILINEAR, box=(0, 0, width / factor, height / factor)
+        )
     return _to_uint8_chw(TF.center_crop(image, crop))
 
 
@@ -190,8 +203,15 @@ class ImageNetDistill(DistillItems):
         image_size: output side (224); ``resize_size``: val resize (256).
     """
 
-    def __init__(self, data_root: str | os.PathLike, split: str = "train", contrast_k: int | None = None,
-                 draft: bool = False, image_size: int = TRAIN_SIZE, resize_size: int = RESIZE_SIZE) -> None:
+    def __init__(
+        self,
+        data_root: str | os.PathLike,
+        split: str = "train",
+        contrast_k: int | None = None,
+        draft: bool = False,
+        image_size: int = TRAIN_SIZE,
+        resize_size: int = RESIZE_SIZE,
+    ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.data_root = Path(data_root).expanduser()

@@ -4,6 +4,7 @@ Workers hand out raw uint8 images; this module does torchvision's per-image CIFA
 recipe (``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip()``, ``ToTensor()``,
 ``Normalize``) for a whole batch at once: one gather instead of a PIL call per image.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -61,8 +62,14 @@ class DistillDataPreprocessor(BaseDataPreprocessor):
         non_blocking: passed to ``BaseDataPreprocessor``.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], augment: bool = False, padding: int = 4,
-                 non_blocking: bool = False) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = False,
+        padding: int = 4,
+        non_blocking: bool = False,
+    ) -> None:
         super().__init__(non_blocking=non_blocking)
         if len(mean) != len(std):
             raise ValueError(f"mean and std need one value per channel, got {len(mean)} and {len(std)}")

@@ -12,6 +12,7 @@
 This package imports without MMDetection; only ``benchmark.detection.model`` (imported by
 the configs through ``custom_imports``) needs it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,6 +29,8 @@ def detection_stack_problem() -> str | None:
         import mmdet  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, or mmdet's own version assertion
         first = " ".join(str(exc).split())[:160] or type(exc).__name__
-        return (f"the detection stack (mmcv 2.1.0 with ops, mmdet 3.3.0) is not importable ({first}); "
-                "install it with: python -m benchmark.tools.install_detection")
+        return (
+            f"the detection stack (mmcv 2.1.0 with ops, mmdet 3.3.0) is not importable ({first}); "
+            "install it with: python -m benchmark.tools.install_detection"
+        )
     return None

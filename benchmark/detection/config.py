@@ -6,6 +6,7 @@ the recipe (``benchmark.suites.coco``) sets the schedule, batch, learning rate, 
 and the method; the run sets the data root, workers, seed and work dir. The result is dumped
 into the run directory and runs as it is with MMDetection's tooling too.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from mmengine.config import Config
 
-from benchmark.store.checkpoints import CheckpointError
 from benchmark.errors import UsageError
+from benchmark.store.checkpoints import CheckpointError
 
 from . import detection_stack_problem
 from .layout import SPLITS, check_layout, check_pretrained
@@ -55,19 +56,32 @@ def _pipeline_resize(pipeline: list, scales: list[tuple[int, int]]) -> list:
     for step in pipeline:
         step = dict(step)
         if step.get("type") in ("Resize", "RandomChoiceResize", "RandomResize"):
-            step = (dict(type="Resize", scale=scales[0], keep_ratio=True) if len(scales) == 1
-                    else dict(type="RandomChoiceResize", scales=scales, keep_ratio=True))
+            step = (
+                dict(type="Resize", scale=scales[0], keep_ratio=True)
+                if len(scales) == 1
+                else dict(type="RandomChoiceResize", scales=scales, keep_ratio=True)
+            )
         out.append(step)
     return out
 
 
 def _param_schedulers(schedule: Any) -> list[dict]:
-    warmup = dict(type="LinearLR", start_factor=schedule.warmup_ratio, by_epoch=False, begin=0, end=schedule.warmup_iters)
+    warmup = dict(
+        type="LinearLR", start_factor=schedule.warmup_ratio, by_epoch=False, begin=0, end=schedule.warmup_iters
+    )
     if schedule.milestone_iters:  # steps in iterations (the paper recipe: Detectron2's SOLVER.STEPS)
-        steps = dict(type="MultiStepLR", by_epoch=False, begin=0, milestones=list(schedule.milestone_iters), gamma=schedule.gamma)
+        steps = dict(
+            type="MultiStepLR", by_epoch=False, begin=0, milestones=list(schedule.milestone_iters), gamma=schedule.gamma
+        )
     else:
-        steps = dict(type="MultiStepLR", by_epoch=True, begin=0, end=schedule.epochs, milestones=list(schedule.milestones),
-                     gamma=schedule.gamma)
+        steps = dict(
+            type="MultiStepLR",
+            by_epoch=True,
+            begin=0,
+            end=schedule.epochs,
+            milestones=list(schedule.milestones),
+            gamma=schedule.gamma,
+        )
     return ([warmup] if schedule.warmup_iters > 0 else []) + [steps]
 
 
@@ -95,17 +109,25 @@ def build_run_config(suite: Any, spec: "RunSpec", check_files: bool = True) -> C
             raise CheckpointError(f"{spec.pair.name} {spec.method}: no teacher checkpoint given")
         teacher = load_network_config(suite.networks[spec.pair.teacher]).model.to_dict()
     cfg.custom_imports = CUSTOM_IMPORTS
-    cfg.model = dict(type="DistillationDetector", student=student, teacher=teacher,
-                     teacher_checkpoint=(spec.teacher_checkpoint or "<teacher checkpoint>") if teacher else None,
-                     distill=method,
-                     data_preprocessor=copy.deepcopy(student["data_preprocessor"]))
+    cfg.model = dict(
+        type="DistillationDetector",
+        student=student,
+        teacher=teacher,
+        teacher_checkpoint=(spec.teacher_checkpoint or "<teacher checkpoint>") if teacher else None,
+        distill=method,
+        data_preprocessor=copy.deepcopy(student["data_preprocessor"]),
+    )
 
     # Schedule: the recipe's, expressed as MMDetection writes its 1x schedule.
     cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=schedule.epochs, val_interval=1)
-    cfg.optim_wrapper = dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=schedule.lr, momentum=schedule.momentum,
-                                                                 weight_decay=schedule.weight_decay))
+    cfg.optim_wrapper = dict(
+        type="OptimWrapper",
+        optimizer=dict(type="SGD", lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay),
+    )
     cfg.param_scheduler = _param_schedulers(schedule)
-    cfg.auto_scale_lr = dict(enable=False, base_batch_size=schedule.batch_size)  # the recipe's lr is already for its batch
+    cfg.auto_scale_lr = dict(
+        enable=False, base_batch_size=schedule.batch_size
+    )  # the recipe's lr is already for its batch
 
     # Data: the standard layout under the data root, the recipe's scales and batch.
     train_scales = [(schedule.max_size, side) for side in schedule.short_sides]
@@ -116,12 +138,19 @@ def build_run_config(suite: Any, spec: "RunSpec", check_files: bool = True) -> C
         loader.dataset.data_root = str(data_root)
         loader.dataset.ann_file = ann_file
         loader.dataset.data_prefix = dict(img=image_dir + "/")
-        loader.dataset.pipeline = _pipeline_resize(loader.dataset.pipeline, train_scales if split == "train" else test_scale)
+        loader.dataset.pipeline = _pipeline_resize(
+            loader.dataset.pipeline, train_scales if split == "train" else test_scale
+        )
     cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
     cfg.train_dataloader.batch_size = schedule.batch_size  # per process: the run overlay divides it
     for name in ("val_evaluator", "test_evaluator"):
-        cfg[name] = dict(type="CocoMetric", ann_file=str(data_root / SPLITS["val"][0]), metric="bbox", format_only=False,
-                         backend_args=None)
+        cfg[name] = dict(
+            type="CocoMetric",
+            ann_file=str(data_root / SPLITS["val"][0]),
+            metric="bbox",
+            format_only=False,
+            backend_args=None,
+        )
 
     # Runtime: checkpoints every epoch, two kept (resume), MMEngine logs at the run's level.
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True)

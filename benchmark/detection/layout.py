@@ -13,6 +13,7 @@ missing) and its length is the number of training images, so the sweep's teacher
 which builds every suite's training split once before anything runs, checks COCO the same
 way it checks CIFAR-100.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from mmengine.registry import DATASETS
 
-from benchmark.store.checkpoints import CheckpointError
 from benchmark.data.errors import DatasetNotFoundError
+from benchmark.store.checkpoints import CheckpointError
 
 SPLITS = {
     "train": ("annotations/instances_train2017.json", "train2017"),
@@ -43,7 +44,9 @@ def check_layout(data_root: str | os.PathLike | None, splits: tuple[str, ...] = 
             if not (path.is_dir() if is_dir else path.is_file()):
                 raise DatasetNotFoundError(
                     f"COCO 2017 not found: {path} is missing (expected under --data-root {root}: {LAYOUT}; "
-                    f"from {DOWNLOAD})", path)
+                    f"from {DOWNLOAD})",
+                    path,
+                )
     return root
 
 
@@ -60,8 +63,10 @@ class CocoLayout:
 
     def __init__(self, data_root: str | None = None, split: str = "train", download: bool = False) -> None:
         if download:
-            raise DatasetNotFoundError(f"COCO 2017 is not downloaded by this suite (about 20 GB): get it from {DOWNLOAD} "
-                                       f"and put {LAYOUT} under --data-root")
+            raise DatasetNotFoundError(
+                f"COCO 2017 is not downloaded by this suite (about 20 GB): get it from {DOWNLOAD} "
+                f"and put {LAYOUT} under --data-root"
+            )
         self.root = check_layout(data_root, ("train", "val"))
         self.split = split
         self._len = count_images(self.root, split)
@@ -79,7 +84,7 @@ def torchvision_weights_file(uri: str) -> Path:
     import torch
     from mmengine.runner.checkpoint import get_torchvision_models
 
-    name = uri[len(TORCHVISION_SCHEME):]
+    name = uri[len(TORCHVISION_SCHEME) :]
     urls = get_torchvision_models()
     if name not in urls:
         raise CheckpointError(f"unknown torchvision model {name!r} in {uri}")
@@ -96,9 +101,11 @@ def check_pretrained(uri: str | None, what: str = "student backbone") -> str | N
 
         path = torchvision_weights_file(uri)
         if not path.is_file():
-            url = get_torchvision_models()[uri[len(TORCHVISION_SCHEME):]]
-            raise CheckpointError(f"{what} ImageNet weights {path.name} not found in {path.parent} "
-                                  f"(torchvision format, from {url}; put the file there or set TORCH_HOME)")
+            url = get_torchvision_models()[uri[len(TORCHVISION_SCHEME) :]]
+            raise CheckpointError(
+                f"{what} ImageNet weights {path.name} not found in {path.parent} "
+                f"(torchvision format, from {url}; put the file there or set TORCH_HOME)"
+            )
         return str(path)
     if "://" in uri:
         raise CheckpointError(f"{what} weights {uri}: only torchvision://<name> or a file path are supported")

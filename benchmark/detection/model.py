@@ -18,6 +18,7 @@ tensors only (``torch.load(weights_only=True)``, the state dict under ``'state_d
 never re-initialised, kept in eval mode (BatchNorm included) and without gradients. It is
 left out of the training checkpoints (it is reloaded from its own file).
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,6 +41,7 @@ from benchmark.store.checkpoints import CheckpointError, load_tensors_only
 from methods import METHODS, StepInputs, build_method
 from methods.fitnet import fitnet_loss
 
+
 def _fp32_island(function):
     """``function`` run in float32 when called inside an autocast region (floating tensors cast, autocast off)."""
 
@@ -49,7 +51,9 @@ def _fp32_island(function):
         device = tensors[0].device.type if tensors else "cpu"
         if not torch.is_autocast_enabled(device):
             return function(*args, **kwargs)
-        args, kwargs = tree_map(lambda x: x.float() if isinstance(x, Tensor) and x.is_floating_point() else x, (args, kwargs))
+        args, kwargs = tree_map(
+            lambda x: x.float() if isinstance(x, Tensor) and x.is_floating_point() else x, (args, kwargs)
+        )
         with torch.autocast(device_type=device, enabled=False):
             return function(*args, **kwargs)
 
@@ -81,6 +85,7 @@ def _mmcv_ops_in_fp32_under_autocast() -> None:
 
 
 _mmcv_ops_in_fp32_under_autocast()
+
 
 # Each method's detection form is a fact on its class (``Distiller.detection``), read from the registry.
 def _methods_of_form(form: str) -> tuple[str, ...]:
@@ -127,8 +132,12 @@ class RoIKeepingRoIHead(StandardRoIHead):
         # The labels the bbox head's targets use: each image's positives' classes, then its
         # negatives as background (num_classes), in the order of ``bbox2roi(priors)``.
         num_classes = self.bbox_head.num_classes
-        labels = torch.cat([torch.cat([res.pos_gt_labels, res.pos_gt_labels.new_full((len(res.neg_priors),), num_classes)])
-                            for res in sampling_results])
+        labels = torch.cat(
+            [
+                torch.cat([res.pos_gt_labels, res.pos_gt_labels.new_full((len(res.neg_priors),), num_classes)])
+                for res in sampling_results
+            ]
+        )
         if labels.shape[0] != rois.shape[0]:  # never: guards against an MMDetection change of the RoI order
             raise RuntimeError(f"{labels.shape[0]} RoI labels for {rois.shape[0]} sampled RoIs")
         self.sampled = SampledRoIs(rois=rois, labels=labels, cls_score=cls_score)
@@ -151,7 +160,7 @@ class TruncatedMobileNetV2(MobileNetV2):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         last = max(self.out_indices)
-        for name in self.layers[last + 1:]:
+        for name in self.layers[last + 1 :]:
             delattr(self, name)
         self.layers = self.layers[: last + 1]
         self._register_load_state_dict_pre_hook(self._rename_torchvision_keys)
@@ -171,7 +180,7 @@ class TruncatedMobileNetV2(MobileNetV2):
                 continue
             if not key.startswith(prefix + "features."):
                 continue
-            rest = key[len(prefix):]
+            rest = key[len(prefix) :]
             module, _, param = rest.rpartition(".")
             target = mapping.get(module)
             value = state_dict.pop(key)
@@ -188,11 +197,21 @@ def torchvision_mobilenet_v2_names(arch_settings) -> dict[str, str]:
             ours = f"layer{stage}.{block}"
             theirs = f"features.{feature}.conv"
             if expand_ratio == 1:  # depthwise (conv+BN+act), then the linear 1x1 conv and its BN
-                pairs = [("0.0", "depthwise_conv.conv"), ("0.1", "depthwise_conv.bn"), ("1", "linear_conv.conv"),
-                         ("2", "linear_conv.bn")]
+                pairs = [
+                    ("0.0", "depthwise_conv.conv"),
+                    ("0.1", "depthwise_conv.bn"),
+                    ("1", "linear_conv.conv"),
+                    ("2", "linear_conv.bn"),
+                ]
             else:  # expand, depthwise, linear
-                pairs = [("0.0", "expand_conv.conv"), ("0.1", "expand_conv.bn"), ("1.0", "depthwise_conv.conv"),
-                         ("1.1", "depthwise_conv.bn"), ("2", "linear_conv.conv"), ("3", "linear_conv.bn")]
+                pairs = [
+                    ("0.0", "expand_conv.conv"),
+                    ("0.1", "expand_conv.bn"),
+                    ("1.0", "depthwise_conv.conv"),
+                    ("1.1", "depthwise_conv.bn"),
+                    ("2", "linear_conv.conv"),
+                    ("3", "linear_conv.bn"),
+                ]
             names.update({f"{theirs}.{t}": f"{ours}.{o}" for t, o in pairs})
             feature += 1
     names[f"features.{feature}.0"] = "conv2.conv"
@@ -216,7 +235,9 @@ def load_teacher(teacher: nn.Module, path: str | Path) -> None:
         teacher.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         summary = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"checkpoint {path} does not fit the teacher {type(teacher).__name__}: {summary}") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the teacher {type(teacher).__name__}: {summary}"
+        ) from None
 
 
 def resolve_config_path(ref: str) -> str:
@@ -274,9 +295,16 @@ class DistillationDetector(BaseModel):
             format (``--channels-last``).
     """
 
-    def __init__(self, student: dict, teacher: dict | None = None, teacher_checkpoint: str | None = None,
-                 distill: dict | None = None, data_preprocessor: dict | nn.Module | None = None,
-                 init_cfg: dict | None = None, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        student: dict,
+        teacher: dict | None = None,
+        teacher_checkpoint: str | None = None,
+        distill: dict | None = None,
+        data_preprocessor: dict | nn.Module | None = None,
+        init_cfg: dict | None = None,
+        channels_last: bool = False,
+    ) -> None:
         with DefaultScope.overwrite_default_scope("mmdet"):  # also when built outside a Runner
             self._build(student, teacher, teacher_checkpoint, distill, data_preprocessor, init_cfg)
         self.channels_last = channels_last
@@ -295,8 +323,10 @@ class DistillationDetector(BaseModel):
         self.method_name = distill["type"]
         method_cls = METHODS.get(self.method_name)  # unknown names fail with the list of registered methods
         if self.method_name not in ROI_LOGIT_METHODS + FEATURE_METHODS + NO_TEACHER_METHODS:
-            raise ValueError(f"method {self.method_name!r} {method_cls.detection_note} "
-                             f"(detection: {', '.join(ROI_LOGIT_METHODS + FEATURE_METHODS)})")
+            raise ValueError(
+                f"method {self.method_name!r} {method_cls.detection_note} "
+                f"(detection: {', '.join(ROI_LOGIT_METHODS + FEATURE_METHODS)})"
+            )
         # CKD's contrast size: consecutive whole images of this many RoIs in all (None: all RoIs of the process).
         self.contrast_images = self._contrast_images(distill.pop("contrast_rois", None))
 
@@ -322,10 +352,18 @@ class DistillationDetector(BaseModel):
             self.method = build_method({**distill, "ce_weight": 0.0})
         elif self.method_name in FEATURE_METHODS:
             self.hint_weight = float(distill.get("hint_weight", 1.0))
-            levels, s_channels, t_channels = self.student.neck.num_outs, self.student.neck.out_channels, self.teacher.neck.out_channels
+            levels, s_channels, t_channels = (
+                self.student.neck.num_outs,
+                self.student.neck.out_channels,
+                self.teacher.neck.out_channels,
+            )
             if self.teacher.neck.num_outs != levels:
-                raise ValueError(f"FitNet on FPN needs as many levels in both necks ({levels} vs {self.teacher.neck.num_outs})")
-            self.hint_regressors = nn.ModuleList(nn.Conv2d(s_channels, t_channels, kernel_size=1) for _ in range(levels))
+                raise ValueError(
+                    f"FitNet on FPN needs as many levels in both necks ({levels} vs {self.teacher.neck.num_outs})"
+                )
+            self.hint_regressors = nn.ModuleList(
+                nn.Conv2d(s_channels, t_channels, kernel_size=1) for _ in range(levels)
+            )
             self.student.neck.register_forward_hook(self._keep_student_fpn)
         self.epoch = 1  # set by EpochTracker before each training epoch, counted from 1
         self.measure_time = False  # set by the timing hook on measured iterations
@@ -342,8 +380,10 @@ class DistillationDetector(BaseModel):
             raise ValueError(f"contrast_rois is a setting of CKD, not of {self.method_name!r}")
         per_image = int(self.student.roi_head.train_cfg.sampler.num)
         if contrast_rois <= 0 or contrast_rois % per_image:
-            raise ValueError(f"contrast_rois {contrast_rois} is not a positive multiple of the {per_image} RoIs "
-                             "sampled per image (a contrast group is whole images)")
+            raise ValueError(
+                f"contrast_rois {contrast_rois} is not a positive multiple of the {per_image} RoIs "
+                "sampled per image (a contrast group is whole images)"
+            )
         return contrast_rois // per_image
 
     def contrast_groups(self, rois: Tensor, num_images: int) -> tuple[int, ...] | None:
@@ -354,7 +394,7 @@ class DistillationDetector(BaseModel):
         # bbox2roi orders the RoIs image by image; column 0 is the image's index in the batch.
         per_image = torch.bincount(rois[:, 0].long(), minlength=num_images).tolist()
         step = self.contrast_images
-        return tuple(sum(per_image[i:i + step]) for i in range(0, num_images, step))
+        return tuple(sum(per_image[i : i + step]) for i in range(0, num_images, step))
 
     # -------------------------------------------------------------- weights, modes
 
@@ -408,19 +448,31 @@ class DistillationDetector(BaseModel):
                     teacher_logits = self.teacher.roi_head._bbox_forward(teacher_features, sampled.rois)["cls_score"]
             teacher_done = self._clock()
             if self.method is not None:
-                terms = self.method(StepInputs(logits_student=sampled.cls_score, target=sampled.labels,
-                                               logits_teacher=teacher_logits, epoch=self.epoch,
-                                               groups=self.contrast_groups(sampled.rois, len(data_samples))))
+                terms = self.method(
+                    StepInputs(
+                        logits_student=sampled.cls_score,
+                        target=sampled.labels,
+                        logits_teacher=teacher_logits,
+                        epoch=self.epoch,
+                        groups=self.contrast_groups(sampled.rois, len(data_samples)),
+                    )
+                )
                 losses.update({name: value for name, value in terms.items() if name != "loss_ce"})
             else:  # FitNet on the FPN outputs
                 student_features, self._student_fpn = self._student_fpn, None
-                hint = sum(fitnet_loss(regressor(s), t) for regressor, s, t in zip(self.hint_regressors, student_features, teacher_features))
+                hint = sum(
+                    fitnet_loss(regressor(s), t)
+                    for regressor, s, t in zip(self.hint_regressors, student_features, teacher_features)
+                )
                 losses["loss_hint"] = self.hint_weight * hint / len(self.hint_regressors)
             loss_done = self._clock()
             teacher_ms, distill_ms = 1e3 * (teacher_done - student_done), 1e3 * (loss_done - teacher_done)
         if self.measure_time:
-            self.last_timing = {"teacher_forward_ms": teacher_ms, "student_forward_ms": 1e3 * (student_done - start),
-                                "distill_loss_ms": distill_ms}
+            self.last_timing = {
+                "teacher_forward_ms": teacher_ms,
+                "student_forward_ms": 1e3 * (student_done - start),
+                "distill_loss_ms": distill_ms,
+            }
         return losses
 
 
@@ -429,5 +481,16 @@ def _drop_teacher(module, state_dict, prefix, local_metadata) -> None:
         del state_dict[key]
 
 
-__all__ = ["DistillationDetector", "RoIKeepingRoIHead", "model_config", "resolve_config_path", "SampledRoIs", "TruncatedMobileNetV2", "load_teacher",
-           "read_mmdet_checkpoint", "torchvision_mobilenet_v2_names", "ROI_LOGIT_METHODS", "FEATURE_METHODS"]
+__all__ = [
+    "DistillationDetector",
+    "RoIKeepingRoIHead",
+    "model_config",
+    "resolve_config_path",
+    "SampledRoIs",
+    "TruncatedMobileNetV2",
+    "load_teacher",
+    "read_mmdet_checkpoint",
+    "torchvision_mobilenet_v2_names",
+    "ROI_LOGIT_METHODS",
+    "FEATURE_METHODS",
+]

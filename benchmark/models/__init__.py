@@ -5,6 +5,7 @@ The community teacher checkpoints (``<name>_vanilla/ckpt_epoch_240.pth``, a dict
 logits. ``forward(x)`` returns logits only; hidden features are read with
 :class:`FeatureRecorder` at the taps of :func:`feature_taps`.
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -46,6 +46,7 @@ hints have the same resolution and the CIFAR regressor applies unchanged):
   have strides 2,1,2,1,2,1; ``model.6`` is the stride-2 block to stride 16): 256x28x28,
   post-ReLU, mdistiller's ``feats[1]``; ``embedding`` = input of ``fc`` (1024).
 """
+
 from __future__ import annotations
 
 import torch
@@ -140,9 +141,19 @@ def _conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:
 
 # (in, out, stride) of the 13 depthwise-separable blocks, model.1 ... model.13.
 MOBILENETV1_BLOCKS = (
-    (32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
-    (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1), (512, 512, 1),
-    (512, 1024, 2), (1024, 1024, 1),
+    (32, 64, 1),
+    (64, 128, 2),
+    (128, 128, 1),
+    (128, 256, 2),
+    (256, 256, 1),
+    (256, 512, 2),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 512, 1),
+    (512, 1024, 2),
+    (1024, 1024, 1),
 )
 
 

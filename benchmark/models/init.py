@@ -1,4 +1,5 @@
 """The weight initialisation loops the RepDistiller model families share."""
+
 from __future__ import annotations
 
 import math

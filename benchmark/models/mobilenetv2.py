@@ -5,6 +5,7 @@ stages of inverted residuals in ``blocks`` (a ModuleList), a 1x1 conv to 1280 ch
 a 2x2 average pool and ``classifier`` (a Sequential holding one Linear: key
 ``classifier.0.weight``). Sequential indices carry the ReLU modules so keys match.
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,9 +74,7 @@ class CifarMobileNetV2(nn.Module):
             out_channels = int(channels * width_mult)
             stage = []
             for block_stride in [stride] + [1] * (num_blocks - 1):
-                stage.append(
-                    InvertedResidual(in_channels, out_channels, block_stride, stage_expansion or expansion)
-                )
+                stage.append(InvertedResidual(in_channels, out_channels, block_stride, stage_expansion or expansion))
                 in_channels = out_channels
             self.blocks.append(nn.Sequential(*stage))
         self.last_channels = int(1280 * width_mult) if width_mult > 1.0 else 1280

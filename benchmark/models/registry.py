@@ -4,6 +4,7 @@ Each family module decorates its constructor functions with :func:`register_mode
 (timm style), naming the model after the function and declaring its feature taps.
 Importing :mod:`benchmark.models` imports every family, which fills the registry.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,9 +38,7 @@ class UnknownModelError(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def register_model(
-    *, taps: Mapping[str, FeatureTap], name: str | None = None
-) -> Callable[[Constructor], Constructor]:
+def register_model(*, taps: Mapping[str, FeatureTap], name: str | None = None) -> Callable[[Constructor], Constructor]:
     """Register the decorated constructor under ``name`` (default: the function's name)."""
 
     def decorator(constructor: Constructor) -> Constructor:

@@ -4,6 +4,7 @@ Matches RepDistiller's ``models/resnet.py`` (basic-block variants): module names
 the order modules are created in (so a seeded init draws the same numbers) and the forward,
 whose block output is ``relu(bn2(conv2(...)) + shortcut)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,9 +32,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(
-        self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)

@@ -3,6 +3,7 @@
 Matches RepDistiller's ``models/resnetv2.py`` ``ResNet50``: module names (``shortcut``,
 ``linear``), shapes, creation order and forward.
 """
+
 from __future__ import annotations
 
 import torch

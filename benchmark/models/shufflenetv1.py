@@ -4,6 +4,7 @@ Matches RepDistiller's ``models/ShuffleNetv1.py``: a 1x1 stem that keeps 32x32 p
 stages that each halve the resolution in their first block, a 4x4 average pool and
 ``linear``. PyTorch's default init, as in the reference (it has no init loop).
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,15 +48,11 @@ class ShuffleUnit(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, mid_planes, kernel_size=1, groups=first_groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid_planes)
         self.shuffle1 = ChannelShuffle(first_groups)
-        self.conv2 = nn.Conv2d(
-            mid_planes, mid_planes, 3, stride=stride, padding=1, groups=mid_planes, bias=False
-        )
+        self.conv2 = nn.Conv2d(mid_planes, mid_planes, 3, stride=stride, padding=1, groups=mid_planes, bias=False)
         self.bn2 = nn.BatchNorm2d(mid_planes)
         self.conv3 = nn.Conv2d(mid_planes, out_planes, kernel_size=1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut: nn.Module = (
-            nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
-        )
+        self.shortcut: nn.Module = nn.AvgPool2d(3, stride=2, padding=1) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -5,6 +5,7 @@ Matches RepDistiller's ``models/ShuffleNetv2.py`` (net_size 1): a 1x1 stem that 
 followed by basic units (``layerN.1...``, convs 1-3); then 1x1 ``conv2``/``bn2``, a 4x4
 average pool and ``linear``. PyTorch's default init, as in the reference.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,9 +56,7 @@ class DownUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         mid = out_channels // 2
-        self.conv1 = nn.Conv2d(
-            in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False
-        )
+        self.conv1 = nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)

@@ -5,6 +5,7 @@ six methods and three seeds of it do not fit in minutes. These nets keep the CIF
 interface (32×32×3 in, logits out, 'hint' = stage-2 output, 'embedding' = input of the
 classifier) at 0.4 M (width 8) to 6.8 M (width 32) multiply-adds per image.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -9,6 +9,7 @@ The recorder keeps the hooked tensors as they are (no copy, no detach), so losse
 backpropagate into the network. This is only safe because no model in this package modifies
 a tensor in place after a module has returned it; keep it that way (no ``inplace=True``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,7 @@ class FeatureRecorder:
     def _store(self, tap_name: str, tap: FeatureTap, value: Any) -> None:
         if not isinstance(value, torch.Tensor):
             raise TypeError(
-                f"tap {tap_name!r}: the {tap.point} of module {tap.module!r} is a "
-                f"{type(value).__name__}, not a tensor"
+                f"tap {tap_name!r}: the {tap.point} of module {tap.module!r} is a {type(value).__name__}, not a tensor"
             )
         self.features[tap_name] = F.relu(value) if tap.relu else value
 

@@ -5,6 +5,7 @@ five conv blocks ``block0..block4`` (biased convs + BN, the ReLU after each bloc
 applied functionally in forward), max-pools ``pool0..pool3``, global average ``pool4``,
 linear ``classifier``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Matches RepDistiller's ``models/wrn.py`` (dropRate 0, as every registered varian
 module names (``block1.layer.0.convShortcut``, final ``bn1``/``fc``), shapes, creation
 order, init and forward.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,7 @@ class PreActBlock(nn.Module):
         self.equal_in_out = in_planes == out_planes
         # The reference's camelCase name is part of the checkpoint keys.
         self.convShortcut = (
-            None
-            if self.equal_in_out
-            else nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
+            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, padding=0, bias=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Records in, paper-style tables, plots and the report index out: :func:`aggregate` (the library side
 of ``benchmark/aggregate.py``; the sweeps call it at their end). Same records in, byte-identical files out."""
+
 from __future__ import annotations
 
 import logging
@@ -33,15 +34,19 @@ class AggregateSummary:
     notes: list[str] = field(default_factory=list)  # e.g. plots skipped and why
 
     def counts_line(self) -> str:
-        line = (f"{self.loaded} loaded, {self.skipped_corrupt} skipped (corrupt), "
-                f"{self.failed} failed runs, {self.running} running")
+        line = (
+            f"{self.loaded} loaded, {self.skipped_corrupt} skipped (corrupt), "
+            f"{self.failed} failed runs, {self.running} running"
+        )
         if self.duplicates:
             line += f", {self.duplicates} duplicates ignored"
         return line
 
     def __str__(self) -> str:
-        return (f"{self.counts_line()}; {len(self.suites)} suites, {len(self.tables)} table files, "
-                f"{len(self.plots)} plot files")
+        return (
+            f"{self.counts_line()}; {len(self.suites)} suites, {len(self.tables)} table files, "
+            f"{len(self.plots)} plot files"
+        )
 
     @property
     def ok(self) -> bool:
@@ -52,10 +57,12 @@ def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
 
 
-def aggregate(work_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
-              tables_dir: str | os.PathLike = "tables",
-              reports_dir: str | os.PathLike = "reports",
-              bench_json: str | os.PathLike | None = None) -> AggregateSummary:
+def aggregate(
+    work_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
+    tables_dir: str | os.PathLike = "tables",
+    reports_dir: str | os.PathLike = "reports",
+    bench_json: str | os.PathLike | None = None,
+) -> AggregateSummary:
     """Aggregate every run record under ``work_dirs`` into tables, plots and the index.
 
     ``bench_json`` defaults to ``<reports_dir>/bench/loss_complexity.json``; the
@@ -79,9 +86,14 @@ def aggregate(work_dirs: Iterable[str | os.PathLike] | str | os.PathLike,
 
     loaded = load_records(work_dirs)
     summary = AggregateSummary(
-        found=loaded.found, loaded=len(loaded.records), skipped_corrupt=loaded.count("corrupt"),
-        failed=loaded.count("failed"), running=loaded.count("running"), duplicates=loaded.count("duplicate"),
-        skipped=[(s.path, s.kind, s.reason) for s in loaded.skipped])
+        found=loaded.found,
+        loaded=len(loaded.records),
+        skipped_corrupt=loaded.count("corrupt"),
+        failed=loaded.count("failed"),
+        running=loaded.count("running"),
+        duplicates=loaded.count("duplicate"),
+        skipped=[(s.path, s.kind, s.reason) for s in loaded.skipped],
+    )
     frame = loaded.records
     published = load_published()
     sections: list[tuple[str, list, list[tuple[str, list[Path]]], list[str]]] = []
@@ -153,8 +165,12 @@ def _teachers_item(table) -> str:
         kinds = teacher.kinds if teacher is not None else ("unknown",)
         key = kinds[0] if len(kinds) == 1 else "mixed"
         counts[key] = counts.get(key, 0) + 1
-    words = {"community": "the community checkpoint", "trained": "trained by the suite", "unknown": "unknown",
-             "mixed": "mixed"}
+    words = {
+        "community": "the community checkpoint",
+        "trained": "trained by the suite",
+        "unknown": "unknown",
+        "mixed": "mixed",
+    }
     parts = [f"{words[k]} for {counts[k]} pair(s)" for k in ("community", "trained", "unknown", "mixed") if k in counts]
     line = "Teachers: " + ", ".join(parts)
     if set(counts) - {"community"}:
@@ -162,8 +178,9 @@ def _teachers_item(table) -> str:
     return line
 
 
-def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, complexity: list[Path],
-                  tables_dir: Path, reports_dir: Path) -> list[Block]:
+def _index_blocks(
+    summary: AggregateSummary, loaded: LoadResult, sections, complexity: list[Path], tables_dir: Path, reports_dir: Path
+) -> list[Block]:
     blocks: list[Block] = [("h1", "Knowledge-distillation benchmark results")]
     blocks.append(("p", f"**Runs**: {loaded.found} record files found: {summary.counts_line()}."))
     if not summary.ok:
@@ -193,8 +210,10 @@ def _index_blocks(summary: AggregateSummary, loaded: LoadResult, sections, compl
         blocks.append(("p", "; ".join(n for n in summary.notes if n.startswith("complexity")) or "none"))
     blocks.append(("h2", "Environment of the runs"))
     if loaded.env:
-        rows = [[key, ", ".join(f"{value} ({count})" for value, count in sorted(values.items()))]
-                for key, values in sorted(loaded.env.items())]
+        rows = [
+            [key, ", ".join(f"{value} ({count})" for value, count in sorted(values.items()))]
+            for key, values in sorted(loaded.env.items())
+        ]
         blocks.append(("p", "Distinct values over the loaded runs (number of runs in parentheses)."))
         blocks.append(("table", ["key", "values"], rows))
     else:
@@ -212,10 +231,13 @@ def _verdict_blocks(sections) -> list[Block]:
     rows = [row for suite, suite_tables, _, _ in sections for row in verdicts.index_rows(suite, suite_tables)]
     if not rows:
         return []
-    return [("h2", "Verdicts vs published numbers"),
-            ("p", "Cells with a comparable published number (same suite, pair, method, statistic, community "
-                  "teacher), by verdict; the rule is in each table's notes. Inconclusive cells list the seeds "
-                  "that would settle them (never: more seeds cannot)."),
-            ("table", verdicts.INDEX_HEADERS, rows)]
-
-
+    return [
+        ("h2", "Verdicts vs published numbers"),
+        (
+            "p",
+            "Cells with a comparable published number (same suite, pair, method, statistic, community "
+            "teacher), by verdict; the rule is in each table's notes. Inconclusive cells list the seeds "
+            "that would settle them (never: more seeds cannot).",
+        ),
+        ("table", verdicts.INDEX_HEADERS, rows),
+    ]

@@ -1,5 +1,6 @@
 """Building the tables from run records: the rows, cells, best-method marks, published numbers and notes of
 every table of a suite."""
+
 from __future__ import annotations
 
 import math
@@ -15,9 +16,33 @@ from benchmark.suites.base import Pair
 
 from . import verdict as verdicts
 from .load import COMMUNITY, TRAINED, with_metric
-from .model import (ALPHA, ARROW, CLASSIFICATION_WORDING, DAGGER, DASH, DDAGGER, DEFAULT_RECIPE, PILCROW, SECTION,
-                    SHA_PREFIX, STATISTICS, TEACHER_SOURCE_LABEL, UNKNOWN, Cell, MetricSpec, MetricTable, PairKey,
-                    PairTeacher, Row, SuiteTable, Wording, display_name, method_sort_key, safe_name, welch_p)
+from .model import (
+    ALPHA,
+    ARROW,
+    CLASSIFICATION_WORDING,
+    DAGGER,
+    DASH,
+    DDAGGER,
+    DEFAULT_RECIPE,
+    PILCROW,
+    SECTION,
+    SHA_PREFIX,
+    STATISTICS,
+    TEACHER_SOURCE_LABEL,
+    UNKNOWN,
+    Cell,
+    MetricSpec,
+    MetricTable,
+    PairKey,
+    PairTeacher,
+    Row,
+    SuiteTable,
+    Wording,
+    display_name,
+    method_sort_key,
+    safe_name,
+    welch_p,
+)
 from .published import PublishedTable
 
 METRIC_LABELS = {"mAP": "AP"}  # column label of a record's metric name (COCO's AP is mAP@[.50:.95])
@@ -53,6 +78,7 @@ def suite_pair_order(suite: str) -> list[Pair | str] | None:
 
 def order_pairs(pairs: set[PairKey], declared: Sequence[Pair | str] | None) -> list[PairKey]:
     """The declared pairs first, in their order; the others after them, sorted."""
+
     def position(key: PairKey) -> tuple[int, str, str]:
         pair = Pair(*key)  # a record's (teacher, student) key
         for i, item in enumerate(declared or ()):
@@ -104,11 +130,13 @@ def _pair_teacher(runs: pd.DataFrame) -> PairTeacher:
     """The teacher of one pair from its distillation runs (or, without any, from its teacher runs)."""
     is_teacher = runs["method"] == TEACHER_ROW
     kinds = tuple(sorted(set(runs["teacher_kind"])))
-    shas = tuple(sorted({sha for sha, kind in zip(runs["teacher_ckpt"], runs["teacher_kind"])
-                         if kind == COMMUNITY and sha}))
+    shas = tuple(
+        sorted({sha for sha, kind in zip(runs["teacher_ckpt"], runs["teacher_kind"]) if kind == COMMUNITY and sha})
+    )
     top1: dict[str, float] = {}  # one value per distinct trained checkpoint
-    for sha, kind, t_top1, last, teacher_row in zip(runs["teacher_ckpt"], runs["teacher_kind"], runs["teacher_top1"],
-                                                    runs["last_top1"], is_teacher):
+    for sha, kind, t_top1, last, teacher_row in zip(
+        runs["teacher_ckpt"], runs["teacher_kind"], runs["teacher_top1"], runs["last_top1"], is_teacher
+    ):
         value = float(last) if teacher_row else float(t_top1)
         if kind == TRAINED and math.isfinite(value):
             top1.setdefault(sha or f"value:{value!r}", value)
@@ -132,9 +160,14 @@ def _teacher_top1_cell(pair_records: pd.DataFrame) -> Cell | None:
     return Cell.of([values[k] for k in sorted(values)], from_teacher_top1=True)
 
 
-def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTable,
-                       declared_pairs: Sequence[Pair | str] | None = None, wording: Wording = CLASSIFICATION_WORDING,
-                       teacher_fallback: bool = True) -> list[SuiteTable]:
+def build_suite_tables(
+    records: pd.DataFrame,
+    suite: str,
+    published: PublishedTable,
+    declared_pairs: Sequence[Pair | str] | None = None,
+    wording: Wording = CLASSIFICATION_WORDING,
+    teacher_fallback: bool = True,
+) -> list[SuiteTable]:
     """The 'last' and 'best' tables of one suite (``records``: its non-ablation runs).
 
     The value of a cell is ``last_top1`` / ``best_top1`` (see :func:`benchmark.report.load.with_metric`
@@ -155,14 +188,16 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
         exact = teachers[(teachers["teacher"] == pair[0]) & (teachers["student"] == pair[1])]
         if exact.empty:
             exact = teachers[teachers["teacher"] == pair[0]].drop_duplicates(
-                ["recipe", "recipe_hash", "seed", "epochs", "batch_size"])
+                ["recipe", "recipe_hash", "seed", "epochs", "batch_size"]
+            )
         teacher_pool[pair] = exact
     used = pd.concat([students, *teacher_pool.values()]).drop_duplicates(["path"])
     # Runs of one table cell: (teacher, student, method, recipe, epochs) -> runs sorted by seed.
     groups: dict[tuple, pd.DataFrame] = {}
     for pair in pairs:
-        pool = pd.concat([students[(students["teacher"] == pair[0]) & (students["student"] == pair[1])],
-                          teacher_pool[pair]])
+        pool = pd.concat(
+            [students[(students["teacher"] == pair[0]) & (students["student"] == pair[1])], teacher_pool[pair]]
+        )
         for key, sel in pool.groupby(["method", "recipe", "epochs"], sort=True):
             groups[(pair, key[0], key[1], int(key[2]))] = sel.sort_values(["seed", "path"], kind="stable")
 
@@ -182,12 +217,23 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
     configs: dict[str, set[tuple[str, int]]] = {}
     for method, recipe, epochs in zip(used["method"], used["recipe"], used["epochs"]):
         configs.setdefault(method, set()).add((recipe, int(epochs)))
-    not_reference = {(m, r, int(e)) for m, r, e, flag
-                     in zip(used["method"], used["recipe"], used["epochs"], used["not_reference"]) if flag}
+    not_reference = {
+        (m, r, int(e))
+        for m, r, e, flag in zip(used["method"], used["recipe"], used["epochs"], used["not_reference"])
+        if flag
+    }
     rows: list[Row] = []
     for method in sorted(configs, key=method_sort_key):
-        ordered = sorted(configs[method], key=lambda c: ((c[0], c[1]) != (main_recipe, main_epochs),
-                                                         c[0] != main_recipe, c[1] != main_epochs, c[0], c[1]))
+        ordered = sorted(
+            configs[method],
+            key=lambda c: (
+                (c[0], c[1]) != (main_recipe, main_epochs),
+                c[0] != main_recipe,
+                c[1] != main_epochs,
+                c[0],
+                c[1],
+            ),
+        )
         for recipe, epochs in ordered:
             suffix = []
             if len(ordered) > 1:
@@ -227,9 +273,11 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
             for pair in pairs:
                 sel = groups.get((pair, row.method, row.recipe, row.epochs))
                 if sel is not None:
-                    row.cells[pair] = Cell.of(sel[column].to_numpy(dtype=float),
-                                              recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))),
-                                              world_sizes=tuple(sorted({int(w) for w in sel["world_size"]})))
+                    row.cells[pair] = Cell.of(
+                        sel[column].to_numpy(dtype=float),
+                        recipe_hashes=tuple(sorted(set(sel["recipe_hash"]))),
+                        world_sizes=tuple(sorted({int(w) for w in sel["world_size"]})),
+                    )
                     if statistic == "best":  # the optimism of a best-epoch number, paired per run
                         gaps = sel["best_top1"].to_numpy(dtype=float) - sel["last_top1"].to_numpy(dtype=float)
                         row.cells[pair].best_minus_last = tuple(float(g) for g in gaps if math.isfinite(g))
@@ -246,16 +294,35 @@ def build_suite_tables(records: pd.DataFrame, suite: str, published: PublishedTa
                         cell.teacher_shas = tuple(sorted({s for s in basis["teacher_ckpt"] if s}))
                         row.cells[pair] = cell
             table_rows.append(row)
-        table = _finish(suite, statistic, pairs, table_rows, recipes, epochs_list, mix_notes,
-                        published, n_runs=len(used), wording=wording)
+        table = _finish(
+            suite,
+            statistic,
+            pairs,
+            table_rows,
+            recipes,
+            epochs_list,
+            mix_notes,
+            published,
+            n_runs=len(used),
+            wording=wording,
+        )
         table.teachers = dict(pair_teachers)
         tables.append(table)
     return tables
 
 
-def _finish(suite: str, statistic: str, pairs: list[PairKey], rows: list[Row], recipes: list[str],
-            epochs: list[int], mix_notes: list[str], published: PublishedTable, n_runs: int,
-            wording: Wording = CLASSIFICATION_WORDING) -> SuiteTable:
+def _finish(
+    suite: str,
+    statistic: str,
+    pairs: list[PairKey],
+    rows: list[Row],
+    recipes: list[str],
+    epochs: list[int],
+    mix_notes: list[str],
+    published: PublishedTable,
+    n_runs: int,
+    wording: Wording = CLASSIFICATION_WORDING,
+) -> SuiteTable:
     # Best per pair and the Welch marking.
     for pair in pairs:
         candidates = [r.cells[pair] for r in rows if not r.is_header and pair in r.cells]
@@ -292,17 +359,23 @@ def _finish(suite: str, statistic: str, pairs: list[PairKey], rows: list[Row], r
             cell.source_ref = sources.index(ref) + 1
     verdicts.apply_verdicts(suite, rows, pairs)
 
-    notes = ["Mean ± std over seeds, (n) = number of seeds; std with ddof=1, omitted when n = 1. "
-             "Columns: teacher→student."]
+    notes = [
+        "Mean ± std over seeds, (n) = number of seeds; std with ddof=1, omitted when n = 1. Columns: teacher→student."
+    ]
     notes.append(wording.bold)
-    notes.append(f"{DAGGER}: the difference to the pair's best method cannot be separated by a Welch t-test "
-                 f"over seeds (p ≥ {ALPHA:g}, or fewer than 2 seeds on either side).")
+    notes.append(
+        f"{DAGGER}: the difference to the pair's best method cannot be separated by a Welch t-test "
+        f"over seeds (p ≥ {ALPHA:g}, or fewer than 2 seeds on either side)."
+    )
     if any(c.from_teacher_top1 for r in rows for c in r.cells.values()):
-        notes.append(f"{DDAGGER}: no teacher run records for this pair; {wording.fallback}, "
-                     "n = distinct teacher checkpoints.")
+        notes.append(
+            f"{DDAGGER}: no teacher run records for this pair; {wording.fallback}, n = distinct teacher checkpoints."
+        )
     if statistic == "best":
-        notes.append(f"Best epoch: the highest {wording.metric} over each run's epochs, selected on the evaluation set "
-                     "and therefore optimistic; the last-epoch table is the default.")
+        notes.append(
+            f"Best epoch: the highest {wording.metric} over each run's epochs, selected on the evaluation set "
+            "and therefore optimistic; the last-epoch table is the default."
+        )
     notes.extend(mix_notes)
     mixed_hashes = []
     for row in rows:
@@ -310,41 +383,55 @@ def _finish(suite: str, statistic: str, pairs: list[PairKey], rows: list[Row], r
         if len(hashes) > 1:
             mixed_hashes.append(f"{row.label} ({', '.join(hashes)})")
     if mixed_hashes:
-        notes.append("Rows whose seeds come from different resolved recipes (recipe_hash): "
-                     + "; ".join(mixed_hashes) + ".")
+        notes.append(
+            "Rows whose seeds come from different resolved recipes (recipe_hash): " + "; ".join(mixed_hashes) + "."
+        )
     if any(row.label.endswith(PILCROW) for row in rows):
-        notes.append(f"{PILCROW}: not a reference recipe — no reference code defines this method on this suite; "
-                     "the suite's own stated choice (see the recipe notes in the run records).")
-    mixed_worlds = [f"{row.label} ({', '.join(map(str, sizes))} processes)" for row in rows
-                    if len(sizes := sorted({w for c in row.cells.values() for w in c.world_sizes})) > 1]
+        notes.append(
+            f"{PILCROW}: not a reference recipe — no reference code defines this method on this suite; "
+            "the suite's own stated choice (see the recipe notes in the run records)."
+        )
+    mixed_worlds = [
+        f"{row.label} ({', '.join(map(str, sizes))} processes)"
+        for row in rows
+        if len(sizes := sorted({w for c in row.cells.values() for w in c.world_sizes})) > 1
+    ]
     if mixed_worlds:
         notes.append("Rows mixing runs on different numbers of DDP processes: " + "; ".join(mixed_worlds) + ".")
     stat_words = STATISTICS[statistic][1]
     if sources:
-        notes.append(f"Δ = our mean − the published top-1 of the same suite, pair and method at the {stat_words} "
-                     f"(published value and source in parentheses); {DASH} = no published number "
-                     "(CKD has none).")
+        notes.append(
+            f"Δ = our mean − the published top-1 of the same suite, pair and method at the {stat_words} "
+            f"(published value and source in parentheses); {DASH} = no published number "
+            "(CKD has none)."
+        )
         for i, (stat, source) in enumerate(sources, 1):
             notes.append(f"[{i}] {stat}: {source}.")
     else:
-        notes.append(wording.no_delta
-                     or f"Δ: no published numbers at the {stat_words} for these pairs in suite '{suite}'.")
-    notes.append(f"{TEACHER_SOURCE_LABEL}: community <sha256[:{SHA_PREFIX}]> = {wording.community}, "
-                 "the runs distilled from it; "
-                 f"trained = a teacher trained alone by this suite ({wording.trained}); "
-                 "unknown = not recorded in the runs.")
+        notes.append(
+            wording.no_delta or f"Δ: no published numbers at the {stat_words} for these pairs in suite '{suite}'."
+        )
+    notes.append(
+        f"{TEACHER_SOURCE_LABEL}: community <sha256[:{SHA_PREFIX}]> = {wording.community}, "
+        "the runs distilled from it; "
+        f"trained = a teacher trained alone by this suite ({wording.trained}); "
+        "unknown = not recorded in the runs."
+    )
     if any(c.delta_comparable is False for r in rows for c in r.cells.values()):
-        notes.append(f"{SECTION}: teacher not the community checkpoint (trained by the suite, or unknown): "
-                     "Δ not comparable, the published numbers used the community teachers.")
+        notes.append(
+            f"{SECTION}: teacher not the community checkpoint (trained by the suite, or unknown): "
+            "Δ not comparable, the published numbers used the community teachers."
+        )
     for kind in sorted(other):
         words = STATISTICS[kind][1] if kind in STATISTICS else kind
         ref = f" (compared in {safe_name(suite)}_{kind})" if kind in STATISTICS else ""
-        notes.append(f"Published numbers at the {words} exist for {', '.join(other[kind])}{ref}; "
-                     "they are not comparable with this table's statistic.")
+        notes.append(
+            f"Published numbers at the {words} exist for {', '.join(other[kind])}{ref}; "
+            "they are not comparable with this table's statistic."
+        )
     table = SuiteTable(suite, statistic, pairs, rows, recipes, epochs, notes, sources, n_runs)
     table.notes += verdicts.notes(table)
     return table
-
 
 
 def suite_metric_spec(suite: str, records: pd.DataFrame) -> MetricSpec | None:
@@ -366,7 +453,6 @@ def suite_metric_spec(suite: str, records: pd.DataFrame) -> MetricSpec | None:
     return MetricSpec(metrics, labels, title, declared.table_notes if declared is not None else ())
 
 
-
 def _teacher_files_note(records: pd.DataFrame, pairs: list[PairKey]) -> str | None:
     parts = []
     for pair in pairs:
@@ -377,21 +463,26 @@ def _teacher_files_note(records: pd.DataFrame, pairs: list[PairKey]) -> str | No
     return ("Teacher checkpoint files of the runs: " + "; ".join(parts) + ".") if parts else None
 
 
-def build_metric_tables(records: pd.DataFrame, suite: str, spec: MetricSpec,
-                        declared_pairs: Sequence[Pair | str] | None = None) -> list[MetricTable]:
+def build_metric_tables(
+    records: pd.DataFrame, suite: str, spec: MetricSpec, declared_pairs: Sequence[Pair | str] | None = None
+) -> list[MetricTable]:
     """The 'last' and 'best' tables of a suite with several metrics per pair (``records``: its
     non-ablation runs). No Δ against published numbers is offered for them."""
-    per_metric = [build_suite_tables(with_metric(records, metric), suite, {}, declared_pairs, wording=spec.wording,
-                                     teacher_fallback=(i == 0))
-                  for i, metric in enumerate(spec.metrics)]
+    per_metric = [
+        build_suite_tables(
+            with_metric(records, metric), suite, {}, declared_pairs, wording=spec.wording, teacher_fallback=(i == 0)
+        )
+        for i, metric in enumerate(spec.metrics)
+    ]
     if not per_metric or not per_metric[0]:
         return []
     out = []
     for s, statistic in enumerate(STATISTICS):
         tables = [metric_tables[s] for metric_tables in per_metric]
         notes = [note for note in tables[0].notes if note != verdicts.BEST_MINUS_LAST_NOTE]  # not rendered here
-        columns = (f"Columns: teacher→student, then {', '.join(spec.labels)} per pair"
-                   + (" (AP = mAP over IoU .50:.95)." if "AP" in spec.labels else "."))
+        columns = f"Columns: teacher→student, then {', '.join(spec.labels)} per pair" + (
+            " (AP = mAP over IoU .50:.95)." if "AP" in spec.labels else "."
+        )
         notes[0] = notes[0].replace("Columns: teacher→student.", columns)
         files = _teacher_files_note(records, tables[0].pairs)
         notes += ([files] if files else []) + list(spec.notes)
@@ -399,9 +490,13 @@ def build_metric_tables(records: pd.DataFrame, suite: str, spec: MetricSpec,
     return out
 
 
-
-def build_tables(records: pd.DataFrame, suite: str, published: PublishedTable, spec: MetricSpec | None,
-                 declared_pairs: Sequence[Pair | str] | None = None) -> list[MetricTable]:
+def build_tables(
+    records: pd.DataFrame,
+    suite: str,
+    published: PublishedTable,
+    spec: MetricSpec | None,
+    declared_pairs: Sequence[Pair | str] | None = None,
+) -> list[MetricTable]:
     """The 'last' and 'best' tables of a suite as rendered: top-1 for a classification suite (``spec`` None or
     not grouped), else one column per pair and metric of ``spec``."""
     if spec is None or not spec.grouped:

@@ -1,4 +1,5 @@
 """Find and load run records into one DataFrame; skip and count what cannot be used."""
+
 from __future__ import annotations
 
 import logging
@@ -28,11 +29,40 @@ COMMUNITY_SOURCE_PREFIX = "community checkpoint"  # extra["source"] of a teacher
 NOT_REFERENCE = "not a reference recipe"  # the phrase a suite puts in such a recipe's notes
 
 COLUMNS = (
-    "path", "suite", "teacher", "student", "method", "recipe", "recipe_hash", "seed", "epochs",
-    "batch_size", "lr", "last_top1", "best_top1", "best_epoch", "teacher_top1", "teacher_ckpt", "teacher_source",
-    "wall_time_s", "images_per_s", "world_size", "not_reference", *RUNTIME_KEYS, "peak_memory_mb", "has_runtime",
-    "ablation", "base_batch_size", "base_lr", "lr_rule", "curve_epoch", "curve_top1",
-    "metric_names", "last_metrics", "best_metrics", "teacher_file",
+    "path",
+    "suite",
+    "teacher",
+    "student",
+    "method",
+    "recipe",
+    "recipe_hash",
+    "seed",
+    "epochs",
+    "batch_size",
+    "lr",
+    "last_top1",
+    "best_top1",
+    "best_epoch",
+    "teacher_top1",
+    "teacher_ckpt",
+    "teacher_source",
+    "wall_time_s",
+    "images_per_s",
+    "world_size",
+    "not_reference",
+    *RUNTIME_KEYS,
+    "peak_memory_mb",
+    "has_runtime",
+    "ablation",
+    "base_batch_size",
+    "base_lr",
+    "lr_rule",
+    "curve_epoch",
+    "curve_top1",
+    "metric_names",
+    "last_metrics",
+    "best_metrics",
+    "teacher_file",
 )
 # ``last_top1`` / ``best_top1`` hold top-1 (NaN for suites with other metrics); ``last_metrics`` /
 # ``best_metrics`` every metric of the record's suite by name (top1/top5 for classification, bbox
@@ -176,6 +206,7 @@ def with_metric(records: pd.DataFrame, metric: str) -> pd.DataFrame:
     records whose primary metric it is."""
     if records.empty or metric == "top1":
         return records
+
     def pick(column: str) -> list[float]:
         return [float(d.get(metric, math.nan)) if isinstance(d, dict) else math.nan for d in records[column]]
 
@@ -213,7 +244,7 @@ def load_records(work_dirs: Iterable[str | os.PathLike]) -> LoadResult:
             # RecordError messages start with the path; keep only the reason.
             reason = str(exc)
             prefix = f"{path}: "
-            skip(path, "corrupt", reason[len(prefix):] if reason.startswith(prefix) else reason)
+            skip(path, "corrupt", reason[len(prefix) :] if reason.startswith(prefix) else reason)
             continue
         except (RecursionError, MemoryError, ValueError) as exc:  # pathological JSON
             skip(path, "corrupt", f"unreadable ({type(exc).__name__})")
@@ -229,8 +260,21 @@ def load_records(work_dirs: Iterable[str | os.PathLike]) -> LoadResult:
         except (TypeError, ValueError, AttributeError) as exc:
             skip(path, "corrupt", f"malformed field ({exc})")
             continue
-        identity = tuple(row[k] for k in ("suite", "teacher", "student", "method", "recipe", "recipe_hash",
-                                          "seed", "epochs", "batch_size", "ablation"))
+        identity = tuple(
+            row[k]
+            for k in (
+                "suite",
+                "teacher",
+                "student",
+                "method",
+                "recipe",
+                "recipe_hash",
+                "seed",
+                "epochs",
+                "batch_size",
+                "ablation",
+            )
+        )
         if identity in identities:
             skip(path, "duplicate", f"same run as {identities[identity]}")
             continue

@@ -1,5 +1,6 @@
 """The table model: cells, rows, one metric's grid of a suite (:class:`SuiteTable`) and the rendered table of
 one or several metrics (:class:`MetricTable`), with the constants and names the tables share."""
+
 from __future__ import annotations
 
 import math
@@ -26,16 +27,38 @@ if TYPE_CHECKING:  # verdict.py imports this module only for its type hints
 PairKey = Pair
 
 # Row order and names come from the method registry (each method's ``table_order`` and ``display_name``).
-METHOD_ORDER = (TEACHER_ROW,) + tuple(sorted(METHODS.module_dict,
-                                              key=lambda name: (METHODS.get(name).table_order, name)))
+METHOD_ORDER = (TEACHER_ROW,) + tuple(
+    sorted(METHODS.module_dict, key=lambda name: (METHODS.get(name).table_order, name))
+)
 DISPLAY = {TEACHER_ROW: "Teacher", **{name: METHODS.get(name).display_name or name for name in METHODS.module_dict}}
 STATISTICS = {"last": ("last_top1", "last epoch"), "best": ("best_top1", "best epoch")}
 ALPHA = 0.05
 DEFAULT_RECIPE = "unified"
-CSV_COLUMNS = ("suite", "statistic", "recipe", "epochs", "teacher", "student", "method", "mean", "std", "n",
-               "published", "delta", "best", "indistinguishable_from_best", "values_from",
-               "teacher_source", "teacher_sha256", "delta_comparable",
-               "verdict", "p_value", "p_adjusted", "seeds_needed", "best_minus_last")  # the last five: .verdict
+CSV_COLUMNS = (
+    "suite",
+    "statistic",
+    "recipe",
+    "epochs",
+    "teacher",
+    "student",
+    "method",
+    "mean",
+    "std",
+    "n",
+    "published",
+    "delta",
+    "best",
+    "indistinguishable_from_best",
+    "values_from",
+    "teacher_source",
+    "teacher_sha256",
+    "delta_comparable",
+    "verdict",
+    "p_value",
+    "p_adjusted",
+    "seeds_needed",
+    "best_minus_last",
+)  # the last five: .verdict
 
 DAGGER, DDAGGER, PM, ARROW, DASH = "†", "‡", "±", "→", "–"
 PILCROW = "¶"  # a row whose recipe is the suite's own choice, not a reference recipe
@@ -85,12 +108,15 @@ class Wording:
     metric: str = "top-1"  # in "the highest <metric> over each run's epochs"
     teacher_metric: str = "top-1"  # in the Teacher source row: "trained, <teacher_metric> X"
     fallback: str = "the teacher accuracy recorded in its distillation runs (teacher_top1)"
-    community: str = ("a community checkpoint given with --teachers "
-                      "(CIFAR-100: RepDistiller / mdistiller cifar_teachers.tar)")
+    community: str = (
+        "a community checkpoint given with --teachers (CIFAR-100: RepDistiller / mdistiller cifar_teachers.tar)"
+    )
     trained: str = "top-1 of the checkpoint used"
     no_delta: str | None = None  # replaces "Δ: no published numbers ..." when set
-    bold: str = ("Bold: the best distillation method of the pair (highest mean; the Teacher and Student rows "
-                 "are not candidates).")
+    bold: str = (
+        "Bold: the best distillation method of the pair (highest mean; the Teacher and Student rows "
+        "are not candidates)."
+    )
 
 
 CLASSIFICATION_WORDING = Wording()
@@ -207,7 +233,7 @@ DETECTION_WORDING = Wording(
     teacher_metric="AP",
     no_delta="Δ vs published numbers: not offered for this suite.",
     bold="Bold: per pair and metric, the best distillation method (highest mean; the Teacher and Student rows "
-         "are not candidates); † per metric likewise.",
+    "are not candidates); † per metric likewise.",
 )
 
 
@@ -224,8 +250,10 @@ class MetricSpec:
     # one unlabelled column per pair, followed by the per-pair blocks (Δ, verdicts, best − last).
     grouped: bool = True
 
-CLASSIFICATION_SPEC = MetricSpec(("top1",), ("top-1",), "top-1 accuracy (%)", wording=CLASSIFICATION_WORDING,
-                                 grouped=False)
+
+CLASSIFICATION_SPEC = MetricSpec(
+    ("top1",), ("top-1",), "top-1 accuracy (%)", wording=CLASSIFICATION_WORDING, grouped=False
+)
 
 
 @dataclass

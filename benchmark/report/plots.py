@@ -5,6 +5,7 @@
 - ``<suite>_curves``: top-1 vs epoch, one panel per pair, mean over seeds per method;
 - ``<suite>_runtime``: stacked ms/iteration (data wait, teacher forward, student fwd/bwd, loss).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,12 @@ RC = {
 PNG_METADATA = {"Software": None}
 SVG_METADATA = {"Date": None, "Creator": None}
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-RUNTIME_LABELS = {"data_wait_ms": "data wait", "teacher_forward_ms": "teacher forward",
-                  "student_forward_backward_ms": "student fwd/bwd", "distill_loss_ms": "distillation loss"}
+RUNTIME_LABELS = {
+    "data_wait_ms": "data wait",
+    "teacher_forward_ms": "teacher forward",
+    "student_forward_backward_ms": "student fwd/bwd",
+    "distill_loss_ms": "distillation loss",
+}
 
 
 def method_color(method: str) -> str:
@@ -53,8 +58,9 @@ def method_color(method: str) -> str:
     return _PALETTE[index % len(_PALETTE)]
 
 
-def _grid(n: int, width: float = 4.0, height: float = 3.0, legend_rows: int = 0,
-          sharey: bool = False) -> tuple[Figure, list[Any]]:
+def _grid(
+    n: int, width: float = 4.0, height: float = 3.0, legend_rows: int = 0, sharey: bool = False
+) -> tuple[Figure, list[Any]]:
     """A figure of ``n`` panels (3 a row) with fixed margins in inches (no tight_layout pass:
     it costs a full extra draw) and room for one figure legend below the panels."""
     cols = min(3, max(1, n))
@@ -64,8 +70,14 @@ def _grid(n: int, width: float = 4.0, height: float = 3.0, legend_rows: int = 0,
     fig = Figure(figsize=(fig_w, fig_h))
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel().tolist()
-    fig.subplots_adjust(left=left_in / fig_w, right=1 - right_in / fig_w, bottom=bottom_in / fig_h,
-                        top=1 - top_in / fig_h, wspace=0.28, hspace=0.45)
+    fig.subplots_adjust(
+        left=left_in / fig_w,
+        right=1 - right_in / fig_w,
+        bottom=bottom_in / fig_h,
+        top=1 - top_in / fig_h,
+        wspace=0.28,
+        hspace=0.45,
+    )
     for ax in axes[n:]:
         ax.set_visible(False)
     for ax in axes[:n]:  # few ticks: every tick is several artists to lay out, twice (PNG + SVG)
@@ -80,8 +92,14 @@ def _figure_legend(fig: Figure, axes: list[Any], ncol: int = 5) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(ncol, len(seen)),
-                   frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.legend(
+            list(seen.values()),
+            list(seen.keys()),
+            loc="lower center",
+            ncol=min(ncol, len(seen)),
+            frameon=False,
+            bbox_to_anchor=(0.5, 0.0),
+        )
 
 
 def _legend_rows(n_labels: int, ncol: int = 5) -> int:
@@ -115,8 +133,9 @@ def _group(records: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
 
 def _finish(fig: Figure, axes: list[Any], title: str, ncol: int = 5, handles: list[Any] | None = None) -> None:
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(ncol, len(handles)), frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
+        fig.legend(
+            handles=handles, loc="lower center", ncol=min(ncol, len(handles)), frameon=False, bbox_to_anchor=(0.5, 0.0)
+        )
     else:
         _figure_legend(fig, axes, ncol)
     fig.suptitle(title)
@@ -148,13 +167,19 @@ def plot_curves(table: SuiteTable, records: pd.DataFrame, reports_dir: Path, met
                 length = max(len(c) for c in curves)
                 matrix = np.full((len(curves), length), np.nan)
                 for i, curve in enumerate(curves):
-                    matrix[i, :len(curve)] = curve
+                    matrix[i, : len(curve)] = curve
                 epochs = next(e for e in runs["curve_epoch"] if len(e) == length)
                 with np.errstate(all="ignore"), warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     mean = np.nanmean(matrix, axis=0)
-                ax.plot(epochs, mean, color=method_color(row.method), linewidth=1.1,
-                        linestyle=":" if row.method == STUDENT_ROW else "-", label=row.label)
+                ax.plot(
+                    epochs,
+                    mean,
+                    color=method_color(row.method),
+                    linewidth=1.1,
+                    linestyle=":" if row.method == STUDENT_ROW else "-",
+                    label=row.label,
+                )
             ax.xaxis.set_major_locator(MaxNLocator(nbins=3, integer=True))
             ax.set_title(_pair_title(pair))
             ax.set_xlabel("epoch")
@@ -192,8 +217,10 @@ def plot_runtime(table: SuiteTable, records: pd.DataFrame, reports_dir: Path) ->
             for k, key in enumerate(RUNTIME_KEYS):
                 # One collection per component (ax.barh makes one Rectangle artist per bar).
                 widths = np.array([st[k] for st in stacks])
-                boxes = [[(l, yi - 0.35), (l + w, yi - 0.35), (l + w, yi + 0.35), (l, yi + 0.35)]
-                         for yi, l, w in zip(y, left, widths)]
+                boxes = [
+                    [(x0, yi - 0.35), (x0 + w, yi - 0.35), (x0 + w, yi + 0.35), (x0, yi + 0.35)]
+                    for yi, x0, w in zip(y, left, widths)
+                ]
                 ax.add_collection(PolyCollection(boxes, facecolors=colors[k], edgecolors="none"))
                 left += widths
             for yi, total, mem in zip(y, left, memory):
@@ -207,8 +234,12 @@ def plot_runtime(table: SuiteTable, records: pd.DataFrame, reports_dir: Path) ->
             ax.set_title(_pair_title(pair))
             ax.grid(True, axis="x", alpha=0.3)
         handles = [Patch(color=c, label=RUNTIME_LABELS[k]) for c, k in zip(colors, RUNTIME_KEYS)]
-        _finish(fig, axes, f"{table.suite}: time per iteration (mean over runs; labels: total, peak memory)",
-                handles=handles)
+        _finish(
+            fig,
+            axes,
+            f"{table.suite}: time per iteration (mean over runs; labels: total, peak memory)",
+            handles=handles,
+        )
         return save(fig, reports_dir, f"{table.suite}_runtime")
 
 
@@ -217,9 +248,14 @@ def plot_runtime(table: SuiteTable, records: pd.DataFrame, reports_dir: Path) ->
 
 def _describe_lr_rule(ablation: pd.DataFrame) -> str:
     rules = sorted({r for r in ablation["lr_rule"] if r})
-    bases = sorted({(b, l) for b, l in zip(ablation["base_batch_size"], ablation["base_lr"])
-                    if math.isfinite(b) and math.isfinite(l)})
-    base = "; ".join(f"base B={b:g}, lr={l:g}" for b, l in bases)
+    bases = sorted(
+        {
+            (b, lr)
+            for b, lr in zip(ablation["base_batch_size"], ablation["base_lr"])
+            if math.isfinite(b) and math.isfinite(lr)
+        }
+    )
+    base = "; ".join(f"base B={b:g}, lr={lr:g}" for b, lr in bases)
     if rules == ["linear"]:
         text = "lr scaled linearly with batch size (lr = base_lr × B / base_B"
         return text + (f"; {base})" if base else ")")
@@ -228,21 +264,23 @@ def _describe_lr_rule(ablation: pd.DataFrame) -> str:
     return "lr rule not recorded"
 
 
-def plot_batch_size(suite: str, ablation: pd.DataFrame, main: pd.DataFrame, reports_dir: Path,
-                    metric_label: str = "top-1") -> list[Path]:
+def plot_batch_size(
+    suite: str, ablation: pd.DataFrame, main: pd.DataFrame, reports_dir: Path, metric_label: str = "top-1"
+) -> list[Path]:
     """Last-epoch top-1 (the suite's primary metric) vs batch size per method (log2 axis, error bars = std over seeds)."""
     if ablation.empty:
         return []
     pairs = sorted(set(zip(ablation["teacher"], ablation["student"])))
     main_groups = _group(main)
-    configs_all = sorted(set(zip(ablation["method"], ablation["recipe"])),
-                         key=lambda c: (method_sort_key(c[0]), c[1]))
+    configs_all = sorted(set(zip(ablation["method"], ablation["recipe"])), key=lambda c: (method_sort_key(c[0]), c[1]))
     with matplotlib.rc_context(RC):
         fig, axes = _grid(len(pairs), legend_rows=_legend_rows(len(configs_all)))
         for ax, pair in zip(axes, pairs):
             runs = ablation[(ablation["teacher"] == pair[0]) & (ablation["student"] == pair[1])]
-            configs = sorted(set(zip(runs["method"], runs["recipe"], runs["epochs"])),
-                             key=lambda c: (method_sort_key(c[0]), c[1], c[2]))
+            configs = sorted(
+                set(zip(runs["method"], runs["recipe"], runs["epochs"])),
+                key=lambda c: (method_sort_key(c[0]), c[1], c[2]),
+            )
             ticks: set[int] = set()
             for method, recipe, epochs in configs:
                 sel = runs[(runs["method"] == method) & (runs["recipe"] == recipe) & (runs["epochs"] == epochs)]
@@ -254,9 +292,17 @@ def plot_batch_size(suite: str, ablation: pd.DataFrame, main: pd.DataFrame, repo
                 stats = sel.groupby("batch_size")["last_top1"].agg(["mean", "std"]).sort_index()
                 ticks.update(int(b) for b in stats.index)
                 label = display_name(method) + ("" if len({c[1] for c in configs_all}) == 1 else f" ({recipe})")
-                ax.errorbar(stats.index.to_numpy(dtype=float), stats["mean"].to_numpy(),
-                            yerr=stats["std"].fillna(0.0).to_numpy(), color=method_color(method), marker="o",
-                            markersize=3, capsize=2, linewidth=1.1, label=label)
+                ax.errorbar(
+                    stats.index.to_numpy(dtype=float),
+                    stats["mean"].to_numpy(),
+                    yerr=stats["std"].fillna(0.0).to_numpy(),
+                    color=method_color(method),
+                    marker="o",
+                    markersize=3,
+                    capsize=2,
+                    linewidth=1.1,
+                    label=label,
+                )
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
             ax.minorticks_off()
@@ -264,8 +310,12 @@ def plot_batch_size(suite: str, ablation: pd.DataFrame, main: pd.DataFrame, repo
             ax.set_ylabel(f"{metric_label} (%), last epoch")
             ax.set_title(_pair_title(pair))
             ax.grid(True, alpha=0.3)
-        _finish(fig, axes, f"{suite}: {'accuracy' if metric_label == 'top-1' else metric_label} vs batch size (error bars: std over seeds)\n"
-                           f"{_describe_lr_rule(ablation)}")
+        _finish(
+            fig,
+            axes,
+            f"{suite}: {'accuracy' if metric_label == 'top-1' else metric_label} vs batch size (error bars: std over seeds)\n"
+            f"{_describe_lr_rule(ablation)}",
+        )
         return save(fig, reports_dir, f"{suite}_batch_size")
 
 
@@ -285,11 +335,17 @@ def load_complexity(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         if not isinstance(item, dict):
             continue
         try:
-            rows.append({"method": str(item["method"]), "batch_size": int(item["batch_size"]),
-                         "n_data": "" if item.get("n_data") is None else str(item["n_data"]),
-                         "forward_backward_ms": float(item["forward_backward_ms"]),
-                         "peak_memory_mb": float(item["peak_memory_mb"])
-                         if item.get("peak_memory_mb") is not None else math.nan})
+            rows.append(
+                {
+                    "method": str(item["method"]),
+                    "batch_size": int(item["batch_size"]),
+                    "n_data": "" if item.get("n_data") is None else str(item["n_data"]),
+                    "forward_backward_ms": float(item["forward_backward_ms"]),
+                    "peak_memory_mb": float(item["peak_memory_mb"])
+                    if item.get("peak_memory_mb") is not None
+                    else math.nan,
+                }
+            )
         except (KeyError, TypeError, ValueError):
             continue
     if not rows:
@@ -308,12 +364,14 @@ def _number_or_text(text: str) -> tuple[float, str]:
 def plot_complexity(path: Path, reports_dir: Path) -> list[Path]:
     frame, env = load_complexity(path)
     with matplotlib.rc_context(RC):
-        configs = sorted(set(zip(frame["method"], frame["n_data"])),
-                         key=lambda c: (method_sort_key(c[0]), _number_or_text(c[1])))
+        configs = sorted(
+            set(zip(frame["method"], frame["n_data"])), key=lambda c: (method_sort_key(c[0]), _number_or_text(c[1]))
+        )
         fig, axes = _grid(2, width=4.6, legend_rows=_legend_rows(len(configs)))
         ticks = sorted(set(frame["batch_size"]))
-        for ax, column, ylabel in zip(axes, ("forward_backward_ms", "peak_memory_mb"),
-                                      ("loss forward + backward (ms)", "peak memory (MB)")):
+        for ax, column, ylabel in zip(
+            axes, ("forward_backward_ms", "peak_memory_mb"), ("loss forward + backward (ms)", "peak memory (MB)")
+        ):
             variant: dict[str, int] = {}
             for method, n_data in configs:
                 style = ("-", "--", ":", "-.")[variant.get(method, 0) % 4]  # CRD per memory-bank size
@@ -323,8 +381,16 @@ def plot_complexity(path: Path, reports_dir: Path) -> list[Path]:
                 if sel.empty:
                     continue
                 label = display_name(method) + (f" (N={n_data})" if n_data else "")
-                ax.plot(sel.index.to_numpy(dtype=float), sel.to_numpy(), marker="o", markersize=3,
-                        color=method_color(method), label=label, linewidth=1.2, linestyle=style)
+                ax.plot(
+                    sel.index.to_numpy(dtype=float),
+                    sel.to_numpy(),
+                    marker="o",
+                    markersize=3,
+                    color=method_color(method),
+                    label=label,
+                    linewidth=1.2,
+                    linestyle=style,
+                )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -335,4 +401,3 @@ def plot_complexity(path: Path, reports_dir: Path) -> list[Path]:
         where = ", ".join(f"{k}={env[k]}" for k in ("device", "torch") if k in env)
         _finish(fig, axes, "Distillation loss cost vs batch size" + (f" ({where})" if where else ""))
         return save(fig, reports_dir, "complexity")
-

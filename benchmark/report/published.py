@@ -8,6 +8,7 @@ teacher trained alone. CKD has no published numbers and none are invented. Model
 are the sources' (``ResNet34``); per suite they are mapped to the zoo's
 (``resnet34_in1k`` in suite ``imagenet``) when the table is read.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,8 +76,13 @@ def load_published(path: str | os.PathLike | None = None) -> PublishedTable:
         names = _MODEL_MAP.get(suite, {})
         teacher, student = (names.get(name.strip(), name.strip()) for name in (row.teacher, row.student))
         key = (suite, teacher, student, method)
-        table[key] = Published(top1, row.statistic.strip(), row.source.strip(),
-                               _optional(getattr(row, "runs", ""), int), _optional(getattr(row, "std", ""), float))
+        table[key] = Published(
+            top1,
+            row.statistic.strip(),
+            row.source.strip(),
+            _optional(getattr(row, "runs", ""), int),
+            _optional(getattr(row, "std", ""), float),
+        )
     return table
 
 

@@ -1,4 +1,5 @@
 """The Markdown, LaTeX and tidy-CSV renderings of a table (one or several metrics per pair) and their writer."""
+
 from __future__ import annotations
 
 import math
@@ -9,16 +10,55 @@ import pandas as pd
 from benchmark.store.atomic import write_text
 
 from . import verdict as verdicts
-from .model import (ARROW, CSV_COLUMNS, DAGGER, DASH, DDAGGER, PM, SECTION, SHA_PREFIX, STATISTICS,
-                    TEACHER_ROW, TEACHER_SOURCE_LABEL, UNKNOWN, Cell, MetricTable, SuiteTable, safe_name)
+from .model import (
+    ARROW,
+    CSV_COLUMNS,
+    DAGGER,
+    DASH,
+    DDAGGER,
+    PM,
+    SECTION,
+    SHA_PREFIX,
+    STATISTICS,
+    TEACHER_ROW,
+    TEACHER_SOURCE_LABEL,
+    UNKNOWN,
+    Cell,
+    MetricTable,
+    SuiteTable,
+    safe_name,
+)
 
 METRIC_CSV_COLUMNS = CSV_COLUMNS[:2] + ("metric",) + CSV_COLUMNS[2:]
 
-_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-        "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "Δ": r"$\Delta$", "≥": r"$\geq$",
-        "→": r"$\to$", "−": r"$-$", "–": "--", "…": r"\ldots{}", "<": r"$<$", ">": r"$>$", "§": r"$^\S$",
-        "≤": r"$\leq$", "·": r"$\cdot$", "√": r"$\surd$", "α": r"$\alpha$"}  # the last four: verdict notes
+_TEX = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "Δ": r"$\Delta$",
+    "≥": r"$\geq$",
+    "→": r"$\to$",
+    "−": r"$-$",
+    "–": "--",
+    "…": r"\ldots{}",
+    "<": r"$<$",
+    ">": r"$>$",
+    "§": r"$^\S$",
+    "≤": r"$\leq$",
+    "·": r"$\cdot$",
+    "√": r"$\surd$",
+    "α": r"$\alpha$",
+}  # the last four: verdict notes
 
 
 def tex_escape(text: str) -> str:
@@ -86,8 +126,10 @@ def _width(table: MetricTable) -> int:
 def _body(table: MetricTable, render_cell) -> list[list[str]]:
     """Per row: its label, then its rendered cells (per pair, per metric)."""
     k = _width(table)
-    return [[row.label] + [render_cell(table.cell(m, row, pair)) for pair in table.pairs for m in range(k)]
-            for row in table.rows]
+    return [
+        [row.label] + [render_cell(table.cell(m, row, pair)) for pair in table.pairs for m in range(k)]
+        for row in table.rows
+    ]
 
 
 def caption(table: MetricTable) -> str:
@@ -118,8 +160,14 @@ def render_markdown(table: MetricTable) -> str:
         source += [text] + [""] * (k - 1)
     body.insert(_source_row_index(table), source)
     frame = pd.DataFrame(body, columns=headers)
-    parts = [f"# {title(table)}", "", caption(table), "",
-             frame.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+    parts = [
+        f"# {title(table)}",
+        "",
+        caption(table),
+        "",
+        frame.to_markdown(index=False, disable_numparse=True, colalign=align),
+        "",
+    ]
     if not table.spec.grouped:  # the per-pair blocks have one column per pair
         parts += _markdown_blocks(table.primary, headers, align)
     parts += ["Notes:", ""] + [f"- {note}" for note in table.notes] + [""]
@@ -129,11 +177,16 @@ def render_markdown(table: MetricTable) -> str:
 def _markdown_blocks(table: SuiteTable, headers: list[str], align: tuple[str, ...]) -> list[str]:
     parts: list[str] = []
     if table.has_delta:
-        delta_rows = [["Δ " + row.label] + [_delta_text(row.cells.get(p)) or DASH for p in table.pairs]
-                      for row in table.rows]
+        delta_rows = [
+            ["Δ " + row.label] + [_delta_text(row.cells.get(p)) or DASH for p in table.pairs] for row in table.rows
+        ]
         dframe = pd.DataFrame(delta_rows, columns=headers)
-        parts += ["Δ vs published (ours − published):", "",
-                  dframe.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
+        parts += [
+            "Δ vs published (ours − published):",
+            "",
+            dframe.to_markdown(index=False, disable_numparse=True, colalign=align),
+            "",
+        ]
     return parts + verdicts.markdown_blocks(table, headers, align)
 
 
@@ -154,15 +207,19 @@ def render_latex(table: MetricTable) -> str:
     ]
     if table.spec.grouped:  # a pair spans its metrics' columns, labelled on a second header line
         lines += [
-            " & ".join(["Method"] + [rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(t)}$\to${tex_escape(s)}}}"
-                                     for t, s in table.pairs]) + r" \\",
+            " & ".join(
+                ["Method"]
+                + [rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(t)}$\to${tex_escape(s)}}}" for t, s in table.pairs]
+            )
+            + r" \\",
             "".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(n)),
             " & ".join([""] + [tex_escape(label) for _ in table.pairs for label in table.spec.labels]) + r" \\",
         ]
         source = [rf"\multicolumn{{{k}}}{{c}}{{{tex_escape(text)}}}" for text in _teacher_source_cells(table)]
     else:
-        lines.append(" & ".join(["Method"] + [f"{tex_escape(t)}$\\to${tex_escape(s)}" for t, s in table.pairs])
-                     + r" \\")
+        lines.append(
+            " & ".join(["Method"] + [f"{tex_escape(t)}$\\to${tex_escape(s)}" for t, s in table.pairs]) + r" \\"
+        )
         source = [tex_escape(text) for text in _teacher_source_cells(table)]
     lines.append(r"\midrule")
     source_at = _source_row_index(table)
@@ -188,8 +245,11 @@ def render_latex(table: MetricTable) -> str:
 def _latex_blocks(table: SuiteTable) -> list[str]:
     lines: list[str] = []
     if table.has_delta:
-        lines += [r"\midrule", rf"\multicolumn{{{len(table.pairs) + 1}}}{{l}}"
-                               r"{\emph{$\Delta$ vs.\ published (ours $-$ published)}} \\"]
+        lines += [
+            r"\midrule",
+            rf"\multicolumn{{{len(table.pairs) + 1}}}{{l}}"
+            r"{\emph{$\Delta$ vs.\ published (ours $-$ published)}} \\",
+        ]
         for row in table.rows:
             cells = [tex_escape("Δ " + row.label)]
             cells += [tex_escape(_delta_text(row.cells.get(p), minus="−") or DASH) for p in table.pairs]
@@ -209,21 +269,29 @@ def tidy_frame(table: SuiteTable) -> pd.DataFrame:
             if cell is None:
                 continue
             header = row.is_header
-            out.append({
-                "suite": table.suite, "statistic": table.statistic,
-                "recipe": row.recipe or "", "epochs": "" if row.epochs is None else str(row.epochs),
-                "teacher": pair[0], "student": pair[1], "method": row.method,
-                "mean": cell.mean, "std": cell.std, "n": cell.n,
-                "published": cell.published.top1 if cell.published else math.nan,
-                "delta": cell.delta if cell.delta is not None else math.nan,
-                "best": "" if header else str(cell.best),
-                "indistinguishable_from_best": "" if header else str(cell.indistinguishable),
-                "values_from": "teacher_top1" if cell.from_teacher_top1 else "runs",
-                "teacher_source": cell.teacher_source,
-                "teacher_sha256": ";".join(sha[:SHA_PREFIX] for sha in cell.teacher_shas),
-                "delta_comparable": "" if cell.delta_comparable is None else str(cell.delta_comparable),
-                **verdicts.csv_fields(cell),
-            })
+            out.append(
+                {
+                    "suite": table.suite,
+                    "statistic": table.statistic,
+                    "recipe": row.recipe or "",
+                    "epochs": "" if row.epochs is None else str(row.epochs),
+                    "teacher": pair[0],
+                    "student": pair[1],
+                    "method": row.method,
+                    "mean": cell.mean,
+                    "std": cell.std,
+                    "n": cell.n,
+                    "published": cell.published.top1 if cell.published else math.nan,
+                    "delta": cell.delta if cell.delta is not None else math.nan,
+                    "best": "" if header else str(cell.best),
+                    "indistinguishable_from_best": "" if header else str(cell.indistinguishable),
+                    "values_from": "teacher_top1" if cell.from_teacher_top1 else "runs",
+                    "teacher_source": cell.teacher_source,
+                    "teacher_sha256": ";".join(sha[:SHA_PREFIX] for sha in cell.teacher_shas),
+                    "delta_comparable": "" if cell.delta_comparable is None else str(cell.delta_comparable),
+                    **verdicts.csv_fields(cell),
+                }
+            )
     return pd.DataFrame(out, columns=list(CSV_COLUMNS))
 
 

@@ -1,4 +1,5 @@
 """Synthetic run records for the aggregator's tests and benchmark (no training involved)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,15 @@ from typing import Any
 from benchmark.store.records import RECORD_FILE, STUDENT_ROW, TEACHER_ROW, EpochPoint, RunRecord, write_record
 from methods import METHODS
 
-ENV = {"python": "3.11.9", "torch": "2.13.0", "mmengine": "0.10.7", "torchvision": "0.28.0",
-       "git_commit": "0123456789ab", "device": "cpu", "world_size": 1}
+ENV = {
+    "python": "3.11.9",
+    "torch": "2.13.0",
+    "mmengine": "0.10.7",
+    "torchvision": "0.28.0",
+    "git_commit": "0123456789ab",
+    "device": "cpu",
+    "world_size": 1,
+}
 
 
 def curve_to(last: float, epochs: int, bump: float = 0.3, start: float = 10.0) -> list[EpochPoint]:
@@ -32,18 +40,48 @@ def curve_to(last: float, epochs: int, bump: float = 0.3, start: float = 10.0) -
     return points
 
 
-def make_record(suite: str, teacher: str, student: str, method: str, seed: int, last: float, *,
-                recipe: str = "unified", epochs: int = 8, batch_size: int = 64, lr: float = 0.05,
-                status: str = "completed", bump: float = 0.3, teacher_top1: float | None = None,
-                runtime: dict[str, float] | None = None, env: dict[str, Any] | None = None,
-                extra: dict[str, Any] | None = None, failure: str | None = None) -> RunRecord:
+def make_record(
+    suite: str,
+    teacher: str,
+    student: str,
+    method: str,
+    seed: int,
+    last: float,
+    *,
+    recipe: str = "unified",
+    epochs: int = 8,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    status: str = "completed",
+    bump: float = 0.3,
+    teacher_top1: float | None = None,
+    runtime: dict[str, float] | None = None,
+    env: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    failure: str | None = None,
+) -> RunRecord:
     record = RunRecord(
-        suite=suite, pair=f"{teacher}-{student}", teacher=teacher, student=student, method=method,
-        recipe=recipe, recipe_hash=hashlib.sha256(f"{recipe}|{epochs}|{batch_size}|{lr!r}".encode()).hexdigest()[:12], seed=seed, epochs=epochs,
-        batch_size=batch_size, lr=lr, status=status, failure=failure,
+        suite=suite,
+        pair=f"{teacher}-{student}",
+        teacher=teacher,
+        student=student,
+        method=method,
+        recipe=recipe,
+        recipe_hash=hashlib.sha256(f"{recipe}|{epochs}|{batch_size}|{lr!r}".encode()).hexdigest()[:12],
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        status=status,
+        failure=failure,
         teacher_checkpoint_sha256=None if method == TEACHER_ROW else f"sha-{teacher}",
-        teacher_top1=teacher_top1, wall_time_s=60.0 + seed, images_per_s=1000.0 + 10 * seed,
-        runtime=runtime, env=dict(ENV if env is None else env), extra=dict(extra or {}))
+        teacher_top1=teacher_top1,
+        wall_time_s=60.0 + seed,
+        images_per_s=1000.0 + 10 * seed,
+        runtime=runtime,
+        env=dict(ENV if env is None else env),
+        extra=dict(extra or {}),
+    )
     if status == "completed":
         record.curve = curve_to(last, epochs, bump)
         record.finalise_curve()
@@ -51,9 +89,15 @@ def make_record(suite: str, teacher: str, student: str, method: str, seed: int, 
 
 
 def run_dir(root: Path, record: RunRecord) -> Path:
-    return (root / record.suite / record.recipe / record.pair / record.method
-            / (f"bs{record.batch_size}" if record.extra.get("batch_size_ablation") else "")
-            / f"seed{record.seed}")
+    return (
+        root
+        / record.suite
+        / record.recipe
+        / record.pair
+        / record.method
+        / (f"bs{record.batch_size}" if record.extra.get("batch_size_ablation") else "")
+        / f"seed{record.seed}"
+    )
 
 
 def write(root: Path, record: RunRecord) -> Path:
@@ -79,11 +123,24 @@ def write_synthetic_sweep(root: Path, n_records: int = 1000, epochs: int = 240, 
     rng = random.Random(seed)
     # Every registered method in table order; made-up mean accuracies (71.0 for a method not listed).
     methods = [TEACHER_ROW] + sorted(METHODS.module_dict, key=lambda name: (METHODS.get(name).table_order, name))
-    base = {TEACHER_ROW: 75.0, STUDENT_ROW: 70.0, "kd": 71.0, "fitnet": 70.5, "crd": 71.8, "crd_kd": 72.0,
-            "dkd": 72.3, "ckd": 72.2}
+    base = {
+        TEACHER_ROW: 75.0,
+        STUDENT_ROW: 70.0,
+        "kd": 71.0,
+        "fitnet": 70.5,
+        "crd": 71.8,
+        "crd_kd": 72.0,
+        "dkd": 72.3,
+        "ckd": 72.2,
+    }
     base = {name: base.get(name, 71.0) for name in methods}
-    pairs = [("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
-             ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
+    pairs = [
+        ("resnet56", "resnet20"),
+        ("resnet110", "resnet32"),
+        ("resnet32x4", "resnet8x4"),
+        ("wrn_40_2", "wrn_16_2"),
+        ("vgg13", "vgg8"),
+    ]
     suites = ["cifar100", "synthetic"]
     ablation_sizes = (32, 128, 256, 512)
     ablation_methods = ("kd", "dkd", "ckd")
@@ -96,11 +153,23 @@ def write_synthetic_sweep(root: Path, n_records: int = 1000, epochs: int = 240, 
                     if written >= n_records:
                         return written
                     last = round(base[method] + 0.8 - 0.3 * math.log2(size / 64) + rng.gauss(0.0, 0.2), 2)
-                    extra = {"batch_size_ablation": True, "base_batch_size": 64, "base_lr": 0.05,
-                             "lr_rule": "linear"}
-                    write_fast(root, make_record(suite, teacher, student, method, s, last, epochs=epochs,
-                                                 batch_size=size, lr=0.05 * size / 64, teacher_top1=76.0,
-                                                 extra=extra))
+                    extra = {"batch_size_ablation": True, "base_batch_size": 64, "base_lr": 0.05, "lr_rule": "linear"}
+                    write_fast(
+                        root,
+                        make_record(
+                            suite,
+                            teacher,
+                            student,
+                            method,
+                            s,
+                            last,
+                            epochs=epochs,
+                            batch_size=size,
+                            lr=0.05 * size / 64,
+                            teacher_top1=76.0,
+                            extra=extra,
+                        ),
+                    )
                     written += 1
     s = 0
     while written < n_records:  # seeds outermost: the last seed covers only part of the grid
@@ -111,15 +180,27 @@ def write_synthetic_sweep(root: Path, n_records: int = 1000, epochs: int = 240, 
                         return written
                     last = round(base[method] + p * 0.4 + rng.gauss(0.0, 0.25), 2)
                     distil = method not in (TEACHER_ROW, STUDENT_ROW)
-                    runtime = {"data_wait_ms": 2.0 + rng.random(),
-                               "teacher_forward_ms": 5.0 + rng.random() if distil else 0.0,
-                               "student_forward_backward_ms": 12.0 + rng.random(),
-                               "distill_loss_ms": 1.0 + rng.random() if distil else 0.0,
-                               "peak_memory_mb": 900.0 + 50 * rng.random()}
+                    runtime = {
+                        "data_wait_ms": 2.0 + rng.random(),
+                        "teacher_forward_ms": 5.0 + rng.random() if distil else 0.0,
+                        "student_forward_backward_ms": 12.0 + rng.random(),
+                        "distill_loss_ms": 1.0 + rng.random() if distil else 0.0,
+                        "peak_memory_mb": 900.0 + 50 * rng.random(),
+                    }
                     names = (teacher, teacher) if method == TEACHER_ROW else (teacher, student)  # as the runner
-                    write_fast(root, make_record(suite, *names, method, s, last, epochs=epochs,
-                                                 teacher_top1=None if method == TEACHER_ROW else 75.0 + p * 0.4,
-                                                 runtime=runtime))
+                    write_fast(
+                        root,
+                        make_record(
+                            suite,
+                            *names,
+                            method,
+                            s,
+                            last,
+                            epochs=epochs,
+                            teacher_top1=None if method == TEACHER_ROW else 75.0 + p * 0.4,
+                            runtime=runtime,
+                        ),
+                    )
                     written += 1
         s += 1
     return written

@@ -28,6 +28,7 @@ The table rendering of the verdicts (a line per method under the Δ block, the f
 the tidy CSV's columns) and the best − last block of the best-epoch table are here too,
 so that ``tables.py`` only calls into this module.
 """
+
 from __future__ import annotations
 
 import math
@@ -163,8 +164,9 @@ def seeds_needed(d: float, s: float, m: int, published_std: float | None = None)
     return hi
 
 
-def verdict(d: float, s: float, n: int, m: int | None = 1, published_std: float | None = None,
-            margin: float = DEFAULT_MARGIN) -> Verdict:
+def verdict(
+    d: float, s: float, n: int, m: int | None = 1, published_std: float | None = None, margin: float = DEFAULT_MARGIN
+) -> Verdict:
     """The verdict of d = our mean − published (see the module docstring for the rule).
 
     ``s``: our seed std (ddof=1), ``n``: our seeds, ``m``: the published runs (None → 1),
@@ -241,11 +243,13 @@ def csv_fields(cell: "Cell") -> dict[str, object]:
     """The tidy CSV's verdict columns of one cell ("" where no verdict applies)."""
     v = cell.verdict
     shown = v is not None and v.label != NOT_APPLICABLE
-    return {"verdict": v.label if shown else "",
-            "p_value": v.p_value if shown and v.p_value is not None else math.nan,
-            "p_adjusted": cell.p_adjusted if cell.p_adjusted is not None else math.nan,
-            "seeds_needed": v.seeds_needed_text if shown else "",
-            "best_minus_last": float(np.mean(cell.best_minus_last)) if cell.best_minus_last else math.nan}
+    return {
+        "verdict": v.label if shown else "",
+        "p_value": v.p_value if shown and v.p_value is not None else math.nan,
+        "p_adjusted": cell.p_adjusted if cell.p_adjusted is not None else math.nan,
+        "seeds_needed": v.seeds_needed_text if shown else "",
+        "best_minus_last": float(np.mean(cell.best_minus_last)) if cell.best_minus_last else math.nan,
+    }
 
 
 def verdict_notes(table: "SuiteTable") -> list[str]:
@@ -255,10 +259,13 @@ def verdict_notes(table: "SuiteTable") -> list[str]:
     margin = margin_for(table.suite)
     provisional = ", provisional" if table.suite in PROVISIONAL else ""
     tested = sum(1 for r in table.rows for c in r.cells.values() if c.verdict and c.verdict.p_value is not None)
-    chance = (f"With {tested} verdict(s) tested here, about {ALPHA * tested:.2f} would read below/above by chance "
-              f"alone at α = {ALPHA:g} if every number reproduced (the CSV's p_adjusted: Benjamini–Hochberg over "
-              "the table)." if tested else "No cell of this table is tested (n ≥ 2 and comparable), so none can "
-              "read below/above by chance.")
+    chance = (
+        f"With {tested} verdict(s) tested here, about {ALPHA * tested:.2f} would read below/above by chance "
+        f"alone at α = {ALPHA:g} if every number reproduced (the CSV's p_adjusted: Benjamini–Hochberg over "
+        "the table)."
+        if tested
+        else "No cell of this table is tested (n ≥ 2 and comparable), so none can read below/above by chance."
+    )
     return [
         f"Verdict: d = Δ, SE = s·√(1/n + 1/m) (m = published runs, 1 when not stated; Welch when the source "
         f"gives its std), t on n − 1 df; reproduced = the 90% interval of d inside ±{margin:g} pp "
@@ -273,8 +280,10 @@ def verdict_notes(table: "SuiteTable") -> list[str]:
 def unstated_note(table: "SuiteTable") -> list[str]:
     """A note when a published number's statistic is not stated (compared with the last-epoch table)."""
     if any(not c.published.stated for r in table.rows for c in r.cells.values() if c.published is not None):
-        return ["Published numbers whose statistic is neither last nor best epoch (a released checkpoint, or a "
-                "source that does not say) are compared with the last-epoch table."]
+        return [
+            "Published numbers whose statistic is neither last nor best epoch (a released checkpoint, or a "
+            "source that does not say) are compared with the last-epoch table."
+        ]
     return []
 
 
@@ -292,9 +301,11 @@ def has_best_minus_last(table: "SuiteTable") -> bool:
     return table.statistic == "best" and any(c.best_minus_last for r in table.rows for c in r.cells.values())
 
 
-BEST_MINUS_LAST_NOTE = ("Best − last: per run, its best-epoch minus its last-epoch top-1 (paired over seeds), "
-                        "mean ± std (n); the best epoch is a maximum over noisy evaluations, so this gap is the "
-                        "optimism of a best-epoch number.")
+BEST_MINUS_LAST_NOTE = (
+    "Best − last: per run, its best-epoch minus its last-epoch top-1 (paired over seeds), "
+    "mean ± std (n); the best epoch is a maximum over noisy evaluations, so this gap is the "
+    "optimism of a best-epoch number."
+)
 
 
 def _blocks(table: "SuiteTable") -> list[tuple[str, str, str, Callable[["Cell | None"], str]]]:
@@ -303,8 +314,14 @@ def _blocks(table: "SuiteTable") -> list[tuple[str, str, str, Callable[["Cell | 
     if has_verdicts(table):
         blocks.append(("Verdict vs published (see the notes):", r"Verdict vs.\ published", "Verdict ", verdict_text))
     if has_best_minus_last(table):
-        blocks.append(("Best − last epoch (paired over seeds):", r"Best $-$ last epoch (paired over seeds)",
-                       "Best − last ", best_minus_last_text))
+        blocks.append(
+            (
+                "Best − last epoch (paired over seeds):",
+                r"Best $-$ last epoch (paired over seeds)",
+                "Best − last ",
+                best_minus_last_text,
+            )
+        )
     return blocks
 
 
@@ -344,17 +361,23 @@ def index_rows(suite: str, tables: Sequence["SuiteTable"]) -> list[list[str]]:
     """One row per table with verdicts: counts per label and the seeds the inconclusive ones need."""
     out = []
     for table in tables:
-        verdicts = [c.verdict for r in table.rows for c in r.cells.values()
-                    if c.verdict is not None and c.verdict.label != NOT_APPLICABLE]
+        verdicts = [
+            c.verdict
+            for r in table.rows
+            for c in r.cells.values()
+            if c.verdict is not None and c.verdict.label != NOT_APPLICABLE
+        ]
         if not verdicts:
             continue
         counts = {label: sum(v.label == label for v in verdicts) for label in LABELS}
-        needed = sorted((v.seeds_needed for v in verdicts if v.label == INCONCLUSIVE and v.seeds_needed),
-                        key=int)
+        needed = sorted((v.seeds_needed for v in verdicts if v.label == INCONCLUSIVE and v.seeds_needed), key=int)
         never = sum(1 for v in verdicts if v.label == INCONCLUSIVE and v.seeds_needed is None)
         seeds = [f"n ≥ {k}" for k in needed] + ([f"never ({never})"] if never else [])
-        out.append([suite, table.statistic, str(len(verdicts))] + [str(counts[label]) for label in LABELS]
-                   + ["; ".join(seeds) or NOT_APPLICABLE])
+        out.append(
+            [suite, table.statistic, str(len(verdicts))]
+            + [str(counts[label]) for label in LABELS]
+            + ["; ".join(seeds) or NOT_APPLICABLE]
+        )
     return out
 
 

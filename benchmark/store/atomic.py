@@ -6,6 +6,7 @@ renamed over the final name (``os.replace`` is atomic on POSIX filesystems). A k
 any moment leaves either the previous complete file or the new complete file, plus at
 most a hidden ``.<name>.*.partial`` file that the next write replaces or ignores.
 """
+
 from __future__ import annotations
 
 import contextlib

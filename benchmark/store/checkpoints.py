@@ -9,6 +9,7 @@ and the config; torch ≥ 2.6 refuses them under its ``weights_only=True`` defau
 allow exactly those types, and only while resuming our own runs
 (:func:`allow_mmengine_checkpoint_globals`), instead of turning the safety off.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,7 +61,9 @@ def load_tensors_only(path: str | os.PathLike, what: str = "checkpoint") -> obje
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a tensor-only checkpoint: {first_sentence(exc)}"
+        ) from None
 
 
 def read_community_checkpoint(path: str | os.PathLike) -> dict:
@@ -77,7 +80,9 @@ def read_community_checkpoint(path: str | os.PathLike) -> dict:
         return {**payload, "model": payload["state_dict"]}
     if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
         return {"model": payload}
-    raise CheckpointError(f"checkpoint {path} holds no state dict ({{'model': ...}}, {{'state_dict': ...}} or a plain one)")
+    raise CheckpointError(
+        f"checkpoint {path} holds no state dict ({{'model': ...}}, {{'state_dict': ...}} or a plain one)"
+    )
 
 
 def load_community_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict:
@@ -111,8 +116,18 @@ def _mmengine_checkpoint_globals() -> list:
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    allowed: list = [HistoryBuffer, builtins.getattr, codecs.encode, collections.Counter, collections.OrderedDict, np.ndarray, np.dtype]
-    allowed += [type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "int8", "uint8", "bool")]
+    allowed: list = [
+        HistoryBuffer,
+        builtins.getattr,
+        codecs.encode,
+        collections.Counter,
+        collections.OrderedDict,
+        np.ndarray,
+        np.dtype,
+    ]
+    allowed += [
+        type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "int8", "uint8", "bool")
+    ]
     for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
         with contextlib.suppress(ImportError, AttributeError):
             module = __import__(module_name, fromlist=["_reconstruct", "scalar"])

@@ -19,6 +19,7 @@ Two mechanisms, one interface (:func:`claim`):
 lock for an instant (``flock``) or reads the lease, so a probe never makes a claim fail. A
 claimant that finds only such probes (the shared lock is still available) waits them out.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -238,7 +239,9 @@ def _lease(run_dir: Path, say: Callable[[str], object]) -> Iterator[Holder]:
             aside = path.with_name(f"{LEASE_FILE}.stale-{int(time.time())}-{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):
                 os.replace(path, aside)  # only one taker wins the O_EXCL create below
-                say(f"taking over the stale claim of {current.describe() if current else 'an unknown process'} on {run_dir}")
+                say(
+                    f"taking over the stale claim of {current.describe() if current else 'an unknown process'} on {run_dir}"
+                )
             continue
         with os.fdopen(fd, "w") as handle:
             handle.write(holder.to_json())

@@ -14,6 +14,7 @@ other suites (COCO detection: bbox mAP, AP50, AP75, APs, APm, APl) keep theirs i
 :meth:`EpochPoint.value` and :meth:`RunRecord.last_value` / :meth:`RunRecord.best_value`
 read either. Schema 1 records (classification only) read unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -147,6 +148,7 @@ class RunRecord:
     def headline(self, best: bool = True) -> str:
         """For progress lines: ``top-1 last 71.20 best 72.05`` (``mAP last 30.10 best 30.10`` for
         COCO); without ``best``: ``top-1 last 71.20``."""
+
         def fmt(value: float | None) -> str:
             return "–" if value is None else f"{value:.2f}"
 
@@ -245,13 +247,19 @@ class RunRecord:
             raise RecordError(f"malformed record: {exc}") from None
         if record.status not in STATUSES:
             raise RecordError(f"unknown status {record.status!r}")
-        if not isinstance(record.metric_names, list) or not record.metric_names \
-                or not all(isinstance(n, str) for n in record.metric_names):
+        if (
+            not isinstance(record.metric_names, list)
+            or not record.metric_names
+            or not all(isinstance(n, str) for n in record.metric_names)
+        ):
             raise RecordError("metric_names must be a non-empty list of names")
         if not isinstance(record.last_metrics, dict) or not isinstance(record.best_metrics, dict):
             raise RecordError("last_metrics and best_metrics must be objects")
         if record.status == "completed":
-            checks = ((f"last_{record.primary_metric}", record.last_value()), (f"best_{record.primary_metric}", record.best_value()))
+            checks = (
+                (f"last_{record.primary_metric}", record.last_value()),
+                (f"best_{record.primary_metric}", record.best_value()),
+            )
             for name, value in checks:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise RecordError(f"completed record without a finite {name}")

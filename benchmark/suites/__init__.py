@@ -3,6 +3,7 @@
 Modules are discovered automatically, so a new suite is one new file calling
 :func:`register_suite`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,4 +41,16 @@ for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base" and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["LOW_LR_STUDENTS", "Pair", "ResolvedRecipe", "Schedule", "Suite", "UnknownSuiteError", "get_suite", "register_suite", "suite_names", "variant_name", "community_layout"]
+__all__ = [
+    "LOW_LR_STUDENTS",
+    "Pair",
+    "ResolvedRecipe",
+    "Schedule",
+    "Suite",
+    "UnknownSuiteError",
+    "get_suite",
+    "register_suite",
+    "suite_names",
+    "variant_name",
+    "community_layout",
+]

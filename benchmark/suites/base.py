@@ -4,6 +4,7 @@ A recipe is the whole training protocol of a run (schedule, optimiser, batch siz
 loss weights). It is part of every run's identity: its resolved form for one
 (pair, method) is hashed into the run record and shown in every table.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from benchmark.store.records import CLASSIFICATION, Metric
+
 
 def community_layout(name: str) -> tuple[str, ...]:
     """RepDistiller / mdistiller ``cifar_teachers.tar``: ``<name>_vanilla/ckpt_epoch_240.pth``."""
@@ -90,15 +92,27 @@ class ResolvedRecipe:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def variant_name(recipe: str, epochs: int | None, batch_size: int | None, world_size: int = 1,
-                 amp: bool = False, channels_last: bool = False) -> str:
+def variant_name(
+    recipe: str,
+    epochs: int | None,
+    batch_size: int | None,
+    world_size: int = 1,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> str:
     """The work-dir folder of a recipe as the command line adjusted it, e.g. ``unified-e2-b128-w2-amp``.
 
     Runs on different numbers of processes, in bf16 or channels-last are different variants
     (their own directories).
     """
-    return (recipe + (f"-e{epochs}" if epochs else "") + (f"-b{batch_size}" if batch_size else "")
-            + (f"-w{world_size}" if world_size > 1 else "") + ("-amp" if amp else "") + ("-cl" if channels_last else ""))
+    return (
+        recipe
+        + (f"-e{epochs}" if epochs else "")
+        + (f"-b{batch_size}" if batch_size else "")
+        + (f"-w{world_size}" if world_size > 1 else "")
+        + ("-amp" if amp else "")
+        + ("-cl" if channels_last else "")
+    )
 
 
 # A recipe maps (pair, method name, suite's method defaults) to its resolved form.
@@ -147,8 +161,9 @@ class Suite:
         community format (``{'model': state_dict}``) that the runner writes."""
         return None
 
-    def evaluate_teacher(self, name: str, checkpoint: Any, data_root: str | None, device: str,
-                         num_workers: int | None = None) -> dict[str, float | None] | None:
+    def evaluate_teacher(
+        self, name: str, checkpoint: Any, data_root: str | None, device: str, num_workers: int | None = None
+    ) -> dict[str, float | None] | None:
         """A teacher file's metrics by record name, or None for the standard top-1 evaluation."""
         return None
 
@@ -165,6 +180,8 @@ class Suite:
 
     def resolve(self, recipe: str, pair: Pair, method: str) -> ResolvedRecipe:
         if recipe not in self.recipes:
-            raise KeyError(f"suite {self.name!r} has no recipe {recipe!r}; its recipes: {', '.join(sorted(self.recipes))}")
+            raise KeyError(
+                f"suite {self.name!r} has no recipe {recipe!r}; its recipes: {', '.join(sorted(self.recipes))}"
+            )
         defaults = copy.deepcopy(self.method_defaults.get(method, {}))
         return self.recipes[recipe](pair, method, defaults)

@@ -12,6 +12,7 @@ Recipes:
   without a config there (resnet110-resnet20, ResNet50-vgg8) keep the defaults and the
   recipe says so. KD, FitNet, CRD, CRD+KD: their papers use the unified schedule.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,6 @@ DKD_PAPER_BETA = {
     "vgg13-vgg8": 6.0,
     "vgg13-MobileNetV2": 6.0,
 }
-
 
 
 @dataclass(frozen=True)
@@ -111,20 +111,34 @@ def paper(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedRecipe
         notes = ("beta per pair from mdistiller configs/cifar100/dkd",)
     elif method == "ckd":
         setting, official = ckd_paper_setting(pair)
-        schedule = Schedule(epochs=CKD_PAPER_EPOCHS, batch_size=setting.batch_size, lr=setting.lr,
-                            momentum=0.9, weight_decay=5e-4, kind="cosine")
+        schedule = Schedule(
+            epochs=CKD_PAPER_EPOCHS,
+            batch_size=setting.batch_size,
+            lr=setting.lr,
+            momentum=0.9,
+            weight_decay=5e-4,
+            kind="cosine",
+        )
         method_cfg.update(cl_weight=setting.cl_weight, temperature=setting.temperature, ce_weight=1.0)
-        values = (f"batch {setting.batch_size}, lr {setting.lr:g}, CL weight {setting.cl_weight:g}, "
-                  f"tau {setting.temperature:g}, CE weight 1")
+        values = (
+            f"batch {setting.batch_size}, lr {setting.lr:g}, CL weight {setting.cl_weight:g}, "
+            f"tau {setting.temperature:g}, CE weight 1"
+        )
         if official:
-            source = (f"official CKD code configs/cifar100/ckd/<pair>.yaml: {CKD_PAPER_EPOCHS} epochs, cosine to 0 "
-                      f"stepped per epoch, SGD momentum 0.9, wd 5e-4, {values} (lr as written, no linear rule)")
+            source = (
+                f"official CKD code configs/cifar100/ckd/<pair>.yaml: {CKD_PAPER_EPOCHS} epochs, cosine to 0 "
+                f"stepped per epoch, SGD momentum 0.9, wd 5e-4, {values} (lr as written, no linear rule)"
+            )
         else:
-            source = (f"no config for this pair in the official CKD code (configs/cifar100/ckd): its {CKD_PAPER_EPOCHS} "
-                      f"epochs, cosine, SGD momentum 0.9, wd 5e-4 with the defaults {values}")
-        notes = (source,
-                 "the last partial batch of an epoch is kept (drop_last=False), as in the official code",
-                 "the paper reports the best epoch: compare with tables/cifar100_best")
+            source = (
+                f"no config for this pair in the official CKD code (configs/cifar100/ckd): its {CKD_PAPER_EPOCHS} "
+                f"epochs, cosine, SGD momentum 0.9, wd 5e-4 with the defaults {values}"
+            )
+        notes = (
+            source,
+            "the last partial batch of an epoch is kept (drop_last=False), as in the official code",
+            "the paper reports the best epoch: compare with tables/cifar100_best",
+        )
     return ResolvedRecipe("paper", schedule, {"type": method, **method_cfg}, notes)
 
 

@@ -41,6 +41,7 @@ Recipes:
 Metrics: MMDetection's CocoMetric (bbox) on val2017 after every epoch: mAP, AP50, AP75, APs,
 APm, APl (percent); the best epoch is chosen by mAP; the tables show AP / AP50 / AP75.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import UsageError
-from methods import METHODS as REGISTERED
 from benchmark.store.records import Metric
+from methods import METHODS as REGISTERED
 
 from . import register_suite
 from .base import Pair, ResolvedRecipe, Schedule, Suite
@@ -78,7 +79,14 @@ METHODS = ("ce", "kd", "dkd", "ckd", "fitnet")
 
 METRICS = tuple(
     Metric(name, f"coco/bbox_{key}", scale=100.0, undefined_below=0.0, when_absent=0.0)
-    for name, key in (("mAP", "mAP"), ("AP50", "mAP_50"), ("AP75", "mAP_75"), ("APs", "mAP_s"), ("APm", "mAP_m"), ("APl", "mAP_l"))
+    for name, key in (
+        ("mAP", "mAP"),
+        ("AP50", "mAP_50"),
+        ("AP75", "mAP_75"),
+        ("APs", "mAP_s"),
+        ("APm", "mAP_m"),
+        ("APl", "mAP_l"),
+    )
 )
 TABLE_METRICS = ("mAP", "AP50", "AP75")
 
@@ -103,21 +111,25 @@ COMMON_NOTES = (
 METHOD_NOTES = {
     "kd": ("KD: T 1, weight 1 — no reference config exists for plain KD on RoI logits (this suite's choice)",),
     "dkd": ("DKD: alpha 1, beta 0.25, T 1, no warm-up (mdistiller detection/model/config.py)",),
-    "ckd": ("CKD: weight 0.1, tau 1 (official CKD code, detection/; released there only combined with ReviewKD "
-            "— here CKD alone)",),
-    "fitnet": ("FitNet: hints on the 5 FPN outputs, one 1x1-conv regressor per level, MSE averaged over levels, "
-               "weight 1 — no reference config for FitNet on FPN (this suite's choice: the unscaled MSE, untuned)",),
+    "ckd": (
+        "CKD: weight 0.1, tau 1 (official CKD code, detection/; released there only combined with ReviewKD "
+        "— here CKD alone)",
+    ),
+    "fitnet": (
+        "FitNet: hints on the 5 FPN outputs, one 1x1-conv regressor per level, MSE averaged over levels, "
+        "weight 1 — no reference config for FitNet on FPN (this suite's choice: the unscaled MSE, untuned)",
+    ),
 }
 # How each recipe sizes the CKD contrast (recorded in the recipe as contrast_rois).
 CONTRAST_NOTES = {
     "unified": "CKD contrast over all sampled RoIs of the batch (contrast_rois None: 16 x 512 = 8,192 on one "
-               "process; under --nproc all ranks' RoIs, gathered with their gradient, with --ckd-contrast global, "
-               "each process's own with local)",
+    "process; under --nproc all ranks' RoIs, gathered with their gradient, with --ckd-contrast global, "
+    "each process's own with local)",
     "paper": f"CKD contrast within groups of {PAPER_CONTRAST_ROIS} RoIs (contrast_rois: 2 whole images x 512 RoIs, "
-             "InfoNCE per group, averaged), the RoIs of one GPU in the references' runs (official CKD "
-             "detection/model/rcnn.py: the InfoNCE over one GPU's proposals; ReviewKD / mdistiller: 8 images on "
-             "4 GPUs; CKD's own configs name 2 GPUs, i.e. 2,048); groups are per process, nothing is gathered "
-             "(--ckd-contrast does not apply)",
+    "InfoNCE per group, averaged), the RoIs of one GPU in the references' runs (official CKD "
+    "detection/model/rcnn.py: the InfoNCE over one GPU's proposals; ReviewKD / mdistiller: 8 images on "
+    "4 GPUs; CKD's own configs name 2 GPUs, i.e. 2,048); groups are per process, nothing is gathered "
+    "(--ckd-contrast does not apply)",
 }
 PAPER_NOTES = (
     "paper recipe: mdistiller's DKD detection schedule (Detectron2: 8 images per batch, lr 0.01, 180k iterations, "
@@ -158,21 +170,44 @@ class DetectionSchedule(Schedule):
     def with_epochs(self, epochs: int) -> "DetectionSchedule":
         scaled = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestones)
         scaled_iters = tuple(max(1, round(m * epochs / self.epochs)) for m in self.milestone_iters)
-        return DetectionSchedule(**{**asdict(self), "epochs": epochs, "milestones": scaled, "milestone_iters": scaled_iters})
+        return DetectionSchedule(
+            **{**asdict(self), "epochs": epochs, "milestones": scaled, "milestone_iters": scaled_iters}
+        )
 
     def with_batch_size(self, batch_size: int) -> "DetectionSchedule":
-        return DetectionSchedule(**{**asdict(self), "batch_size": batch_size, "lr": self.lr * batch_size / self.batch_size})
+        return DetectionSchedule(
+            **{**asdict(self), "batch_size": batch_size, "lr": self.lr * batch_size / self.batch_size}
+        )
 
 
 def unified_schedule() -> DetectionSchedule:
-    return DetectionSchedule(epochs=12, batch_size=16, lr=0.02, momentum=0.9, weight_decay=1e-4, kind="step",
-                             milestones=(8, 11), gamma=0.1, warmup_iters=500)
+    return DetectionSchedule(
+        epochs=12,
+        batch_size=16,
+        lr=0.02,
+        momentum=0.9,
+        weight_decay=1e-4,
+        kind="step",
+        milestones=(8, 11),
+        gamma=0.1,
+        warmup_iters=500,
+    )
 
 
 def paper_schedule() -> DetectionSchedule:
-    return DetectionSchedule(epochs=12, batch_size=8, lr=0.01, momentum=0.9, weight_decay=1e-4, kind="step",
-                             milestones=(), gamma=0.1, warmup_iters=1000, milestone_iters=(120_000, 160_000),
-                             short_sides=(640, 672, 704, 736, 768, 800))
+    return DetectionSchedule(
+        epochs=12,
+        batch_size=8,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        kind="step",
+        milestones=(),
+        gamma=0.1,
+        warmup_iters=1000,
+        milestone_iters=(120_000, 160_000),
+        short_sides=(640, 672, 704, 736, 768, 800),
+    )
 
 
 def teacher_files(name: str) -> tuple[str, ...]:
@@ -198,8 +233,12 @@ def unified(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedReci
 
 
 def paper(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedRecipe:
-    return ResolvedRecipe("paper", paper_schedule(), _method(method, method_cfg, PAPER_METHOD_SETTINGS),
-                          _notes(method, "paper") + PAPER_NOTES)
+    return ResolvedRecipe(
+        "paper",
+        paper_schedule(),
+        _method(method, method_cfg, PAPER_METHOD_SETTINGS),
+        _notes(method, "paper") + PAPER_NOTES,
+    )
 
 
 @dataclass
@@ -231,14 +270,24 @@ class DetectionSuite(Suite):
 
         from benchmark.store.atomic import atomic_path
 
-        meta = {"epoch": record.epochs, "suite": self.name, "network": record.student,
-                "metrics": {name: record.last_value(name) for name in record.metric_names}}
+        meta = {
+            "epoch": record.epochs,
+            "suite": self.name,
+            "network": record.student,
+            "metrics": {name: record.last_value(name) for name in record.metric_names},
+        }
         with atomic_path(path) as tmp:
             torch.save({"state_dict": model.student.state_dict(), "meta": meta}, tmp)
         return Path(path)
 
-    def evaluate_teacher(self, name: str, checkpoint: str | os.PathLike, data_root: str | None, device: str,
-                         num_workers: int | None = None) -> dict[str, float | None]:
+    def evaluate_teacher(
+        self,
+        name: str,
+        checkpoint: str | os.PathLike,
+        data_root: str | None,
+        device: str,
+        num_workers: int | None = None,
+    ) -> dict[str, float | None]:
         """The teacher checkpoint's metrics on val2017 by record name (MMDetection's test loop, CocoMetric;
         its logs go to a temporary folder)."""
         import tempfile

@@ -5,6 +5,7 @@ a small plain-CNN pair (``benchmark/models/small_cnn.py``) and a short step sche
 and the tables run in minutes on a laptop CPU. It exercises the whole pipeline on real
 data; its accuracies say nothing about CIFAR-100 or ImageNet.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -22,6 +22,7 @@ is offered with this suite's choice, stated in its recipe notes: hint = the stri
 of both networks (ResNet ``layer2``; MobileNetV1 ``model.5``), regressor as on CIFAR
 (28x28 on both sides: a 1x1 conv + BN + ReLU), CE 1 and hint weight 100.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,8 +66,16 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "kd": {"temperature": 1.0, "ce_weight": 0.5, "kd_weight": 0.5},
     "dkd": {"alpha": 1.0, "temperature": 1.0, "warmup": 1, "ce_weight": 1.0},  # + beta per pair
     "crd": {"crd_weight": 0.8, "ce_weight": 1.0, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5},
-    "crd_kd": {"crd_weight": 0.8, "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0, "feat_dim": 128,
-               "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5},
+    "crd_kd": {
+        "crd_weight": 0.8,
+        "ce_weight": 1.0,
+        "kd_weight": 1.0,
+        "temperature": 1.0,
+        "feat_dim": 128,
+        "nce_k": 16384,
+        "nce_t": 0.07,
+        "nce_m": 0.5,
+    },
     "ckd": {"cl_weight": 10.0, "temperature": 1.0, "ce_weight": 1.0},
     "fitnet": {"hint_weight": 100.0, "ce_weight": 1.0},
 }
@@ -89,8 +98,15 @@ def standard_schedule(method: str) -> Schedule:
         batch_size, lr = CRD_BATCH_SIZE, CRD_LR
     else:
         batch_size, lr = BATCH_SIZE, LR
-    return Schedule(epochs=EPOCHS, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=WEIGHT_DECAY,
-                    kind="step", milestones=MILESTONES)
+    return Schedule(
+        epochs=EPOCHS,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=0.9,
+        weight_decay=WEIGHT_DECAY,
+        kind="step",
+        milestones=MILESTONES,
+    )
 
 
 def method_config(pair: Pair, method: str, method_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +116,10 @@ def method_config(pair: Pair, method: str, method_cfg: dict[str, Any]) -> dict[s
     defaults (their temperature, weights and negatives were tuned for CIFAR-100).
     """
     if method not in METHOD_SETTINGS:
-        raise UsageError(f"method {method} has no ImageNet settings in this suite (loss weights, temperature, "
-                         f"schedule); suite imagenet runs: {', '.join(METHOD_SETTINGS)}")
+        raise UsageError(
+            f"method {method} has no ImageNet settings in this suite (loss weights, temperature, "
+            f"schedule); suite imagenet runs: {', '.join(METHOD_SETTINGS)}"
+        )
     settings = dict(METHOD_SETTINGS[method])
     if method == "dkd":
         if pair.name not in DKD_BETA:
@@ -114,8 +132,10 @@ def _notes(method: str) -> tuple[str, ...]:
     if method == "fitnet":
         return FITNET_NOTES
     if method == "crd_kd":
-        return ("no CRD+KD ImageNet config in mdistiller: CRD's settings and schedule plus KD at the "
-                "ImageNet temperature 1, weight 1",)
+        return (
+            "no CRD+KD ImageNet config in mdistiller: CRD's settings and schedule plus KD at the "
+            "ImageNet temperature 1, weight 1",
+        )
     return ()
 
 
@@ -126,10 +146,18 @@ def unified(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedReci
 def paper(pair: Pair, method: str, method_cfg: dict[str, Any]) -> ResolvedRecipe:
     schedule, notes = standard_schedule(method), _notes(method)
     if method == "ckd":
-        schedule = Schedule(epochs=CKD_PAPER_EPOCHS, batch_size=BATCH_SIZE, lr=LR, momentum=0.9,
-                            weight_decay=WEIGHT_DECAY, kind="cosine")
-        notes = ("official CKD code configs/imagenet/<pair>/ckd.yaml: 200 epochs, cosine to 0 stepped per epoch, "
-                 "SGD momentum 0.9, wd 1e-4, batch 512, lr 0.2, CL weight 10, tau 1, CE weight 1",)
+        schedule = Schedule(
+            epochs=CKD_PAPER_EPOCHS,
+            batch_size=BATCH_SIZE,
+            lr=LR,
+            momentum=0.9,
+            weight_decay=WEIGHT_DECAY,
+            kind="cosine",
+        )
+        notes = (
+            "official CKD code configs/imagenet/<pair>/ckd.yaml: 200 epochs, cosine to 0 stepped per epoch, "
+            "SGD momentum 0.9, wd 1e-4, batch 512, lr 0.2, CL weight 10, tau 1, CE weight 1",
+        )
     return ResolvedRecipe("paper", schedule, method_config(pair, method, method_cfg), notes)
 
 

@@ -1,4 +1,5 @@
 """What a sweep prints: the plan, progress with an ETA, durations; its exit codes."""
+
 from __future__ import annotations
 
 from benchmark.store.claims import holder_of
@@ -6,6 +7,8 @@ from benchmark.sweep.plan import PlannedRun
 from benchmark.sweep.state import existing_state
 
 EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 1, 2, 3
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -42,7 +45,9 @@ def say(message: str) -> None:
 
 def print_plan(suite, recipe: str, pairs, runs: list[PlannedRun], teacher_plan: dict[str, str]) -> None:
     say(f"suite {suite.name}: {suite.description}")
-    say(f"recipe {recipe}; {len(pairs)} pair(s) x {len({r.method for r in runs})} method(s) x {len({r.seed for r in runs})} seed(s) = {len(runs)} run(s)")
+    say(
+        f"recipe {recipe}; {len(pairs)} pair(s) x {len({r.method for r in runs})} method(s) x {len({r.seed for r in runs})} seed(s) = {len(runs)} run(s)"
+    )
     say("teachers:")
     for name, how in teacher_plan.items():
         say(f"  {name}: {how}")

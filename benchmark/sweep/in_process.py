@@ -1,4 +1,5 @@
 """The in-process executor: preflight, the teacher stage, every run under its claim, the closing summary."""
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,9 @@ def check_writable_dir(path: str, option: str) -> None:
         probe = write_text(target / f".write-test-{os.getpid()}", "")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"{option} {path}: cannot create or write there ({exc.strerror or type(exc).__name__})") from None
+        raise UsageError(
+            f"{option} {path}: cannot create or write there ({exc.strerror or type(exc).__name__})"
+        ) from None
 
 
 @dataclass
@@ -56,7 +59,9 @@ def preflight(sweep: Sweep) -> None:
         problems.append("--sync-bn needs --nproc > 1 on CUDA devices (torch's SyncBatchNorm has no CPU kernels)")
     if sweep.needs_teacher:
         problems.append(sweep.stage.missing_teacher_files(sweep.teacher_names))
-    outputs = [(args.work_dir, "--work-dir")] + ([] if args.no_aggregate else [(args.tables, "--tables"), (args.reports, "--reports")])
+    outputs = [(args.work_dir, "--work-dir")] + (
+        [] if args.no_aggregate else [(args.tables, "--tables"), (args.reports, "--reports")]
+    )
     for path, option in outputs:
         try:
             check_writable_dir(path, option)
@@ -96,8 +101,16 @@ def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
     return num_data, teachers, held_teachers
 
 
-def execute_claimed(run: PlannedRun, prefix: str, sweep: Sweep, teachers: dict, held_teachers: dict, num_data: int,
-                    progress: "Progress", outcome: SweepOutcome) -> None:
+def execute_claimed(
+    run: PlannedRun,
+    prefix: str,
+    sweep: Sweep,
+    teachers: dict,
+    held_teachers: dict,
+    num_data: int,
+    progress: "Progress",
+    outcome: SweepOutcome,
+) -> None:
     """One run under its claim; every executor (in-process, local processes, Slurm) comes through here."""
     from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
@@ -127,7 +140,9 @@ def finish(sweep: Sweep, outcome: SweepOutcome) -> int:
 
         summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
         say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
-    say(f"{outcome.completed} run(s) completed, {len(outcome.failed)} failed, {len(outcome.held)} held by another sweep")
+    say(
+        f"{outcome.completed} run(s) completed, {len(outcome.failed)} failed, {len(outcome.held)} held by another sweep"
+    )
     if outcome.failed:
         say(f"{len(outcome.failed)} run(s) failed: " + "; ".join(outcome.failed))
         return EXIT_FAILED
@@ -141,7 +156,13 @@ def run_sweep(args: SweepOptions) -> int:
     """The in-process executor: teachers, then every planned run in turn, then the tables."""
     sweep = plan_sweep(args)
     if args.dry_run:
-        print_plan(sweep.suite, sweep.recipe, sweep.pairs, sweep.runs, {name: sweep.stage.describe(name) for name in sweep.teacher_names})
+        print_plan(
+            sweep.suite,
+            sweep.recipe,
+            sweep.pairs,
+            sweep.runs,
+            {name: sweep.stage.describe(name) for name in sweep.teacher_names},
+        )
         if args.print_config:
             print_configs(sweep)
         return 0
@@ -150,7 +171,16 @@ def run_sweep(args: SweepOptions) -> int:
     outcome, progress = SweepOutcome(), Progress(sweep.runs)
     say(f"{len(sweep.runs)} run(s) planned in {args.work_dir}")
     for number, run in enumerate(sweep.runs, 1):
-        execute_claimed(run, f"[{number}/{len(sweep.runs)}] {run.label}", sweep, teachers, held_teachers, num_data, progress, outcome)
+        execute_claimed(
+            run,
+            f"[{number}/{len(sweep.runs)}] {run.label}",
+            sweep,
+            teachers,
+            held_teachers,
+            num_data,
+            progress,
+            outcome,
+        )
     return finish(sweep, outcome)
 
 
@@ -179,14 +209,24 @@ def run_spec(run: PlannedRun, args, suite, stage, teacher=None):
     from benchmark.train import RunSpec
 
     return RunSpec(
-        suite=suite, pair=run.pair, method=run.method, recipe=run.recipe, seed=run.seed, run_dir=run.run_dir,
-        data_root=args.data_root, device=stage.device, num_workers=args.num_workers, deterministic=args.deterministic,
+        suite=suite,
+        pair=run.pair,
+        method=run.method,
+        recipe=run.recipe,
+        seed=run.seed,
+        run_dir=run.run_dir,
+        data_root=args.data_root,
+        device=stage.device,
+        num_workers=args.num_workers,
+        deterministic=args.deterministic,
         teacher_checkpoint=teacher.path if teacher else None,
         teacher_checkpoint_sha256=teacher.sha256 if teacher else None,
         teacher_top1=teacher.top1 if teacher else None,
         extra={**run.extra, **({"teacher_source": teacher.source} if teacher else {})},
         log_level="INFO" if args.verbose else "ERROR",
-        world_size=args.nproc, sync_bn=args.sync_bn, tensorboard=args.tensorboard,
+        world_size=args.nproc,
+        sync_bn=args.sync_bn,
+        tensorboard=args.tensorboard,
     )
 
 
@@ -210,7 +250,17 @@ def print_configs(sweep: Sweep) -> None:
         say(cfg.pretty_text)
 
 
-def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, num_data: int, progress: "Progress", outcome: SweepOutcome) -> None:
+def run_one(
+    run: PlannedRun,
+    prefix: str,
+    args,
+    suite,
+    stage,
+    teachers: dict,
+    num_data: int,
+    progress: "Progress",
+    outcome: SweepOutcome,
+) -> None:
     """One planned run, under its claim: skip, resume or start it, and record the outcome."""
     from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
@@ -245,14 +295,18 @@ def run_one(run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, nu
         raise  # the user's to fix: one line, and the sweep stops
     except Exception as exc:  # a bug or a crash inside one run: record it, keep the sweep going
         (run.run_dir / "error.log").write_text(traceback.format_exc())
-        record.status, record.failure = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in error.log)"
+        record.status, record.failure = (
+            "failed",
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in error.log)",
+        )
         write_record(record, run.run_dir)
     elapsed = time.perf_counter() - started
     progress.finished(run, elapsed)
     if record.status == "completed":
         outcome.completed += 1
-        say(f"{prefix}: {record.headline()} in {elapsed:.1f}s "
-            f"({record.images_per_s or 0:.0f} img/s) | {progress.eta()}")
+        say(
+            f"{prefix}: {record.headline()} in {elapsed:.1f}s ({record.images_per_s or 0:.0f} img/s) | {progress.eta()}"
+        )
     else:
         outcome.failed.append(run.label)
         say(f"{prefix}: FAILED: {record.failure}")

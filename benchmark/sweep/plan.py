@@ -1,4 +1,5 @@
 """The plan of a sweep: which (pair, method, batch size, seed) runs, with which resolved recipe, where."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,10 +23,16 @@ class PlannedRun:
     @property
     def label(self) -> str:
         schedule = self.recipe.schedule
-        method_args = "".join(f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}" for k, v in self.recipe.method.items() if k != "type")
+        method_args = "".join(
+            f", {k} {v:g}" if isinstance(v, float) else f", {k} {v}"
+            for k, v in self.recipe.method.items()
+            if k != "type"
+        )
         method_args += "".join(f", {k} {v}" for k, v in self.recipe.options.items())
-        return (f"{self.pair.name} {self.method} seed{self.seed} (recipe {self.recipe.name} {self.recipe.hash}, "
-                f"{schedule.epochs} ep, bs {schedule.batch_size}, lr {schedule.lr:g}{method_args})")
+        return (
+            f"{self.pair.name} {self.method} seed{self.seed} (recipe {self.recipe.name} {self.recipe.hash}, "
+            f"{schedule.epochs} ep, bs {schedule.batch_size}, lr {schedule.lr:g}{method_args})"
+        )
 
 
 def _split(text: str | None) -> list[str]:
@@ -46,7 +53,9 @@ def resolve_plan(args: SweepOptions):
         raise UsageError("--methods is empty; registered methods: " + ", ".join(methods.method_names()))
     unknown = [m for m in chosen if m not in methods.METHODS.module_dict]
     if unknown:
-        raise UsageError(f"unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(methods.method_names())}")
+        raise UsageError(
+            f"unknown method(s) {', '.join(unknown)}; registered methods: {', '.join(methods.method_names())}"
+        )
     if not args.no_baseline and BASELINE not in chosen:
         chosen = [BASELINE] + chosen
     try:
@@ -55,7 +64,9 @@ def resolve_plan(args: SweepOptions):
         raise UsageError(str(exc.args[0])) from None
     recipe = args.recipe or suite.default_recipe
     if recipe not in suite.recipes:
-        raise UsageError(f"suite {suite.name!r} has no recipe {recipe!r}; its recipes: {', '.join(sorted(suite.recipes))}")
+        raise UsageError(
+            f"suite {suite.name!r} has no recipe {recipe!r}; its recipes: {', '.join(sorted(suite.recipes))}"
+        )
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
     if args.epochs is not None and args.epochs < 1:
@@ -69,13 +80,27 @@ def resolve_plan(args: SweepOptions):
     for pair in pairs:
         for method in chosen:
             for batch_size in batch_sizes:
-                resolved = with_options(with_world_size(suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size), args), args)
+                resolved = with_options(
+                    with_world_size(suite.resolve(recipe, pair, method).adjusted(args.epochs, batch_size), args), args
+                )
                 for seed in range(args.seeds):
                     extra = {}
                     if batch_size is not None:
                         base = suite.resolve(recipe, pair, method).schedule
-                        extra = {"batch_size_ablation": True, "base_batch_size": base.batch_size, "base_lr": base.lr, "lr_rule": "linear"}
-                    run_dir = Path(args.work_dir) / suite.name / variant_name(recipe, args.epochs, batch_size, args.nproc, args.amp, args.channels_last) / pair.name / method / f"seed{seed}"
+                        extra = {
+                            "batch_size_ablation": True,
+                            "base_batch_size": base.batch_size,
+                            "base_lr": base.lr,
+                            "lr_rule": "linear",
+                        }
+                    run_dir = (
+                        Path(args.work_dir)
+                        / suite.name
+                        / variant_name(recipe, args.epochs, batch_size, args.nproc, args.amp, args.channels_last)
+                        / pair.name
+                        / method
+                        / f"seed{seed}"
+                    )
                     runs.append(PlannedRun(pair, method, seed, resolved, run_dir, extra))
     return suite, recipe, pairs, runs
 
@@ -87,17 +112,24 @@ def with_world_size(resolved, args: SweepOptions):
         return resolved
     batch = resolved.schedule.batch_size
     if batch % nproc:
-        raise UsageError(f"--nproc {nproc} does not divide the batch size {batch} (the recipe's batch is the global batch)")
+        raise UsageError(
+            f"--nproc {nproc} does not divide the batch size {batch} (the recipe's batch is the global batch)"
+        )
     notes = (f"DDP over {nproc} processes, {batch // nproc} images each; lr unchanged",)
     method = dict(resolved.method)
     if method["type"] == "ckd" and method.get("contrast_rois") is not None:
         # Contrast groups of whole images on each process (COCO paper recipe): nothing to gather.
-        notes += (f"CKD contrast within groups of {method['contrast_rois']} RoIs of each process (--ckd-contrast "
-                  "does not apply)",)
+        notes += (
+            f"CKD contrast within groups of {method['contrast_rois']} RoIs of each process (--ckd-contrast "
+            "does not apply)",
+        )
     elif method["type"] == "ckd" and "contrast" not in resolved.method:  # a suite may fix it
         method["contrast"] = args.ckd_contrast
-        notes += ("CKD negatives from the global batch" if args.ckd_contrast == "global" else
-                  "CKD negatives from each process's batch only (as DataParallel computed the official loss per replica)",)
+        notes += (
+            "CKD negatives from the global batch"
+            if args.ckd_contrast == "global"
+            else "CKD negatives from each process's batch only (as DataParallel computed the official loss per replica)",
+        )
     if args.sync_bn:
         notes += ("SyncBatchNorm in the student",)
     from benchmark.suites import ResolvedRecipe

@@ -5,6 +5,7 @@ or ``refused`` (a record that cannot be trusted, or one of another recipe: never
 The in-process sweep, the teacher stage and ``--status`` all start from :func:`read_state`;
 ``--status`` adds what the scheduler says (pending, lost) on top of it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,12 @@ def _from_record(run_dir: Path, recipe_hash: str) -> RunState:
     except RecordError as exc:
         return RunState("refused", problem=f"cannot trust {path} ({exc}); move it away to run again")
     if record.recipe_hash != recipe_hash:
-        return RunState("refused", record, f"{run_dir} holds a run of another recipe (hash {record.recipe_hash}, "
-                                           f"now {recipe_hash}); use another --work-dir")
+        return RunState(
+            "refused",
+            record,
+            f"{run_dir} holds a run of another recipe (hash {record.recipe_hash}, "
+            f"now {recipe_hash}); use another --work-dir",
+        )
     return RunState("interrupted" if record.status == "running" else record.status, record)
 
 

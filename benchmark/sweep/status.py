@@ -1,4 +1,5 @@
 """The state of every planned run from its directory and the scheduler: ``--status``, and what submission skips."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -98,22 +99,31 @@ def _assess_once(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerVi
             last = record.curve[-1]
             a = Assessment("running", "", holder=holder, **common)
             eta = a.eta_s
-            a.detail = (f"epoch {last.epoch}/{total}, {record.metric_text(last)}, ETA {format_duration(eta) if eta is not None else '–'} "
-                        f"({job}{holder})")
+            a.detail = (
+                f"epoch {last.epoch}/{total}, {record.metric_text(last)}, ETA {format_duration(eta) if eta is not None else '–'} "
+                f"({job}{holder})"
+            )
             return a
         return Assessment("running", f"starting ({job}{holder})", holder=holder, **common)
     state = view.state(marker)
     at = f" at epoch {done}/{total}" if record is not None else ""
     if record is not None and record.status == "failed":
         if marker and marker.time > path.stat().st_mtime and (state is None or SchedulerView.live(state)):
-            return Assessment("pending", f"queued again ({marker.describe()}, {state or 'state unknown'}) after failing: "
-                                         f"{record.failure}", job_state=state, **common)
+            return Assessment(
+                "pending",
+                f"queued again ({marker.describe()}, {state or 'state unknown'}) after failing: {record.failure}",
+                job_state=state,
+                **common,
+            )
         return Assessment("failed", record.failure or "failed", job_state=state, **common)
     resume = f" to resume{at}" if record is not None else ""
     if marker is not None:
         if state is None:
-            why = ("scheduler not answering" if marker.cluster == "slurm"
-                   else f"submitted on {marker.host}, cannot be checked from here")
+            why = (
+                "scheduler not answering"
+                if marker.cluster == "slurm"
+                else f"submitted on {marker.host}, cannot be checked from here"
+            )
             verb = "queued" if record is not None else "submitted"
             return Assessment("pending", f"{verb} ({marker.describe()}){resume}, {why}", job_state=None, **common)
         if state == RUNNING:
@@ -122,12 +132,23 @@ def _assess_once(run_dir: Path, recipe_hash: str, epochs: int, view: SchedulerVi
             return Assessment("pending", f"queued ({marker.describe()}, {state}){resume}", job_state=state, **common)
         ended = "ended" if state == "ENDED" else f"ended {state}"
         if record is not None:
-            return Assessment("lost", f"record says running{at}, but {marker.describe()} {ended} and nothing holds it; "
-                                      f"submit again to resume it{_log_hint(marker)}", job_state=state, **common)
-        return Assessment("lost", f"{marker.describe()} {ended} before starting the run; submit again{_log_hint(marker)}",
-                          job_state=state, **common)
+            return Assessment(
+                "lost",
+                f"record says running{at}, but {marker.describe()} {ended} and nothing holds it; "
+                f"submit again to resume it{_log_hint(marker)}",
+                job_state=state,
+                **common,
+            )
+        return Assessment(
+            "lost",
+            f"{marker.describe()} {ended} before starting the run; submit again{_log_hint(marker)}",
+            job_state=state,
+            **common,
+        )
     if record is not None:
-        return Assessment("lost", f"record says running{at}, but no live job holds it; submit again to resume it", **common)
+        return Assessment(
+            "lost", f"record says running{at}, but no live job holds it; submit again to resume it", **common
+        )
     return Assessment("pending", "not submitted", **common)
 
 
@@ -155,8 +176,17 @@ def teacher_rows(sweep) -> list[Row]:
     rows = []
     for name in sweep.teacher_names:
         recipe = sweep.stage._recipe(name)
-        rows.append(Row("teacher", f"teacher {name}", sweep.stage.run_dir(name), recipe.hash, recipe.schedule.epochs,
-                        teacher=name, community=sweep.stage.community_path(name)))
+        rows.append(
+            Row(
+                "teacher",
+                f"teacher {name}",
+                sweep.stage.run_dir(name),
+                recipe.hash,
+                recipe.schedule.epochs,
+                teacher=name,
+                community=sweep.stage.community_path(name),
+            )
+        )
     return rows
 
 
@@ -208,13 +238,19 @@ def print_status(args: SweepOptions) -> int:
     sweep = plan_sweep(args)
     teachers, runs = teacher_rows(sweep), run_rows(sweep)
     view = _view_for(teachers + runs)
-    say(f"suite {sweep.suite.name}, recipe {sweep.recipe}: {len(runs)} planned run(s) in {args.work_dir} ({_scheduler_line(view)})")
+    say(
+        f"suite {sweep.suite.name}, recipe {sweep.recipe}: {len(runs)} planned run(s) in {args.work_dir} ({_scheduler_line(view)})"
+    )
     if teachers:
         say("teachers:")
         for row in teachers:
             if row.community is not None:
                 a = row.assess(view)
-                measured = f", {a.record.metric_text()}" if a.kind == "completed" else ", evaluated by the first run that needs it"
+                measured = (
+                    f", {a.record.metric_text()}"
+                    if a.kind == "completed"
+                    else ", evaluated by the first run that needs it"
+                )
                 say(f"  {row.teacher}: checkpoint {row.community}{measured}")
                 continue
             a = row.assess(view)
@@ -230,8 +266,10 @@ def print_status(args: SweepOptions) -> int:
     per_epoch = _seconds_per_epoch(assessments)
     if remaining and per_epoch:
         left = sum(max(a.epochs - a.epochs_done, 0) for a in remaining)
-        say(f"training left: {left} epoch(s), about {format_duration(left * per_epoch)} of run time at the measured "
-            f"{per_epoch:.1f}s per epoch (divide by the jobs running at once)")
+        say(
+            f"training left: {left} epoch(s), about {format_duration(left * per_epoch)} of run time at the measured "
+            f"{per_epoch:.1f}s per epoch (divide by the jobs running at once)"
+        )
     lost = sum(a.kind == "lost" for a in assessments)
     if lost:
         say(f"{lost} lost run(s): submit the same sweep again (--cluster ...) to resume them")

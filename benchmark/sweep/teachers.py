@@ -7,6 +7,7 @@ accuracy — else train the teacher alone (CE) with the suite's recipe and cache
 run of its own (``<work-dir>/<suite>/<recipe>/teachers/<name>/seed0``, resumable like
 every run). Either way the teacher gets a run record with method ``teacher``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,9 +29,9 @@ from benchmark.store.checkpoints import (
 )
 from benchmark.store.claims import ClaimHeld, claim
 from benchmark.store.records import RECORD_FILE, TEACHER_ROW, RecordError, read_record, write_record
-from benchmark.sweep.state import read_state
 from benchmark.suites import Pair, Suite, variant_name
 from benchmark.sweep.options import SweepOptions
+from benchmark.sweep.state import read_state
 
 TEACHER_SEED = 0
 
@@ -59,8 +60,14 @@ def _dataset_cfg(suite: Suite, split: str, data_root: str, download: bool) -> di
 
 
 @torch.no_grad()
-def evaluate_top1(model: torch.nn.Module, suite: Suite, data_root: str, device: str, batch_size: int = 256,
-                  num_workers: int | None = None) -> float:
+def evaluate_top1(
+    model: torch.nn.Module,
+    suite: Suite,
+    data_root: str,
+    device: str,
+    batch_size: int = 256,
+    num_workers: int | None = None,
+) -> float:
     """Top-1 (%) of ``model`` on the suite's test split, with the suite's normalisation.
 
     ``num_workers`` defaults to the dataset config's (ImageNet's 50,000 JPEGs need decoding workers).
@@ -152,16 +159,21 @@ class TeacherStage:
         refused = [name for name in missing if not self.may_train(name)]
         if not refused:
             return None
-        expected = "; ".join(" or ".join(map(str, self.expected_files(name))) or f"--teachers DIR/{self.suite.teacher_files(name)[0]}"
-                             for name in refused)
+        expected = "; ".join(
+            " or ".join(map(str, self.expected_files(name))) or f"--teachers DIR/{self.suite.teacher_files(name)[0]}"
+            for name in refused
+        )
         return f"{len(refused)} teacher file(s) not found: {expected}; put them there, or pass --train-teachers to train them"
 
     def announce_training(self, names: list[str]) -> None:
         """Say, before anything runs, which teachers this sweep will train (no file was found for them)."""
         for name in names:
             if not self.community_path(name) and not self.trained_before(name):
-                print(f"teacher {name}: no file found, so this sweep trains it with the {self.recipe} recipe "
-                      f"({self._recipe(name).schedule.epochs} epochs); published deltas need the reference teachers", flush=True)
+                print(
+                    f"teacher {name}: no file found, so this sweep trains it with the {self.recipe} recipe "
+                    f"({self._recipe(name).schedule.epochs} epochs); published deltas need the reference teachers",
+                    flush=True,
+                )
 
     def check_teacher_files(self, names: list[str]) -> None:
         """Every teacher the plan needs is found, or may be trained: else UsageError before anything runs."""
@@ -217,13 +229,23 @@ class TeacherStage:
             pass
         say(f"teacher {name}: evaluating {path} on the test split")
         # A suite with its own networks and metrics (COCO: MMDetection, bbox AP) evaluates itself.
-        values = self.suite.evaluate_teacher(name, path, self.args.data_root, self.device, num_workers=self.args.num_workers)
+        values = self.suite.evaluate_teacher(
+            name, path, self.args.data_root, self.device, num_workers=self.args.num_workers
+        )
         if values is None:
             model = build_model(name, self.suite.num_classes)
             load_community_checkpoint(model, path)
-            values = {"top1": round(evaluate_top1(model, self.suite, self.args.data_root, self.device,
-                                                  num_workers=self.args.num_workers), 4)}
-        spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, self._recipe(name), TEACHER_SEED, run_dir, device=self.device)
+            values = {
+                "top1": round(
+                    evaluate_top1(
+                        model, self.suite, self.args.data_root, self.device, num_workers=self.args.num_workers
+                    ),
+                    4,
+                )
+            }
+        spec = RunSpec(
+            self.suite, Pair(name, name), TEACHER_ROW, self._recipe(name), TEACHER_SEED, run_dir, device=self.device
+        )
         record = new_record(spec)
         record.status = "completed"
         record.record_evaluation(values)
@@ -241,10 +263,20 @@ class TeacherStage:
 
         run_dir = self.run_dir(name)
         recipe = self._recipe(name)
-        spec = RunSpec(self.suite, Pair(name, name), TEACHER_ROW, recipe, TEACHER_SEED, run_dir,
-                       data_root=self.args.data_root, device=self.device, num_workers=self.args.num_workers,
-                       deterministic=self.args.deterministic, log_level="INFO" if self.args.verbose else "ERROR",
-                       tensorboard=self.args.tensorboard)
+        spec = RunSpec(
+            self.suite,
+            Pair(name, name),
+            TEACHER_ROW,
+            recipe,
+            TEACHER_SEED,
+            run_dir,
+            data_root=self.args.data_root,
+            device=self.device,
+            num_workers=self.args.num_workers,
+            deterministic=self.args.deterministic,
+            log_level="INFO" if self.args.verbose else "ERROR",
+            tensorboard=self.args.tensorboard,
+        )
         state = read_state(run_dir, recipe.hash)
         if state.kind == "refused":
             raise UsageError(f"teacher {name}: {state.problem}")
@@ -256,7 +288,9 @@ class TeacherStage:
         record, resume = state.record, state.kind == "interrupted"
         if record is None or not resume:
             record = new_record(spec)
-        say(f"teacher {name}: {'resuming' if resume else 'training'} ({recipe.schedule.epochs} epochs, CE) in {run_dir}")
+        say(
+            f"teacher {name}: {'resuming' if resume else 'training'} ({recipe.schedule.epochs} epochs, CE) in {run_dir}"
+        )
         show = (lambda line: say("    " + line)) if (self.args.verbose or recipe.schedule.epochs >= 20) else None
         record = execute(spec, self.num_train_samples(), record, resume=resume, progress=show, say=say)
         if record.status != "completed":

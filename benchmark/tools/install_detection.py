@@ -10,6 +10,7 @@ reuses that wheel. Then the pins of ``requirements-detection.txt`` are installed
 with the cache as an extra source. Idempotent: nothing happens when ``import mmcv.ops, mmdet``
 already works with the pinned versions. One line per step; exit 0 when the stack imports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,12 @@ def torch_tag() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_cache = os.environ.get("KD_WHEEL_CACHE") or str(Path.home() / ".cache" / "kd-bench-wheels")
-    parser.add_argument("--wheel-cache", default=default_cache, help=f"where the built mmcv wheel is kept (default {default_cache})")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs for mmcv (default: all CPUs)")
+    parser.add_argument(
+        "--wheel-cache", default=default_cache, help=f"where the built mmcv wheel is kept (default {default_cache})"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs for mmcv (default: all CPUs)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     wanted = pins()
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     step = time.perf_counter()
     pip("install", "--quiet", f"setuptools=={wanted['setuptools']}")
-    say(f"setuptools {wanted['setuptools']} installed (pkg_resources for mmcv's build and mmengine) in {time.perf_counter() - step:.0f}s")
+    say(
+        f"setuptools {wanted['setuptools']} installed (pkg_resources for mmcv's build and mmengine) in {time.perf_counter() - step:.0f}s"
+    )
 
     cache = Path(args.wheel_cache) / torch_tag()
     cache.mkdir(parents=True, exist_ok=True)
@@ -95,13 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     if wheels:
         say(f"mmcv {mmcv_version}: reusing the cached wheel {wheels[-1]}")
     else:
-        say(f"mmcv {mmcv_version}: building a wheel from source with the CPU ops ({args.jobs} jobs, several minutes) into {cache}")
+        say(
+            f"mmcv {mmcv_version}: building a wheel from source with the CPU ops ({args.jobs} jobs, several minutes) into {cache}"
+        )
         step = time.perf_counter()
-        env = {**os.environ, "MMCV_WITH_OPS": "1", "FORCE_CUDA": os.environ.get("FORCE_CUDA", "0"),
-               "MAX_JOBS": str(args.jobs), "CFLAGS": BUILD_FLAGS}
+        env = {
+            **os.environ,
+            "MMCV_WITH_OPS": "1",
+            "FORCE_CUDA": os.environ.get("FORCE_CUDA", "0"),
+            "MAX_JOBS": str(args.jobs),
+            "CFLAGS": BUILD_FLAGS,
+        }
         # --no-cache-dir: never a wheel from pip's own cache, built with other flags or against another torch.
-        pip("wheel", "--quiet", "--no-cache-dir", "--no-deps", "--no-build-isolation", "--wheel-dir", str(cache),
-            f"mmcv=={mmcv_version}", env=env)
+        pip(
+            "wheel",
+            "--quiet",
+            "--no-cache-dir",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(cache),
+            f"mmcv=={mmcv_version}",
+            env=env,
+        )
         wheels = sorted(cache.glob(f"mmcv-{mmcv_version}-*.whl"))
         if not wheels:
             raise SystemExit(f"install_detection: failed: no mmcv wheel appeared in {cache}")

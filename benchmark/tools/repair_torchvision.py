@@ -14,6 +14,7 @@ torchvision install; it does nothing when torchvision already imports.
 
 Usage: ``python -m benchmark.tools.repair_torchvision``
 """
+
 from __future__ import annotations
 
 import glob

@@ -4,6 +4,7 @@
 ``trainer`` trains it in this process (one rank), ``launch.execute`` resumes or starts it here or
 on N ranks; every MMEngine registration of the suite's training lives in ``hooks`` and ``model``.
 """
+
 from __future__ import annotations
 
 import benchmark.data  # noqa: F401  (the datasets and the batch preprocessor register themselves there)
@@ -13,5 +14,14 @@ from .config import CONFIG_DIR, RunSpec, apply_run_overlay, build_config
 from .launch import execute
 from .trainer import STUDENT_EXPORT, new_record, suite_metrics, train
 
-__all__ = ["CONFIG_DIR", "STUDENT_EXPORT", "RunSpec", "apply_run_overlay", "build_config", "execute", "new_record",
-           "suite_metrics", "train"]
+__all__ = [
+    "CONFIG_DIR",
+    "STUDENT_EXPORT",
+    "RunSpec",
+    "apply_run_overlay",
+    "build_config",
+    "execute",
+    "new_record",
+    "suite_metrics",
+    "train",
+]

@@ -4,6 +4,7 @@ Rule: a suite builds what is its own (dataset, schedule, networks, method); ever
 command line sets for a run (workers, batch per process, DDP, AMP, channels-last, TensorBoard,
 seed, work dir) is applied here, after it, the same way for every suite.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,7 +57,9 @@ def _contrast_k(method_cfg: dict[str, Any]) -> int | None:
 def _schedule_config(spec: RunSpec) -> dict[str, Any]:
     schedule = spec.recipe.schedule
     base = Config.fromfile(CONFIG_DIR / "schedules" / f"{schedule.kind}.py").to_dict()
-    base["optim_wrapper"]["optimizer"].update(lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    base["optim_wrapper"]["optimizer"].update(
+        lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+    )
     base["train_cfg"]["max_epochs"] = schedule.epochs
     if schedule.kind == "step":
         base["param_scheduler"][0].update(milestones=list(schedule.milestones), gamma=schedule.gamma)
@@ -130,8 +133,9 @@ def apply_run_overlay(cfg: Config, spec: RunSpec) -> Config:
     if spec.world_size > 1:
         cfg.env_cfg.dist_cfg = dict(backend="gloo" if spec.device == "cpu" else "nccl")
         # The teacher is frozen before wrapping, so DDP needs no find_unused_parameters.
-        cfg.model_wrapper_cfg = dict(type="DeviceAwareDistributedDataParallel", broadcast_buffers=False,
-                                     find_unused_parameters=False)
+        cfg.model_wrapper_cfg = dict(
+            type="DeviceAwareDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=False
+        )
         if spec.sync_bn:
             cfg.sync_bn = "torch"
     amp = spec.recipe.options.get("amp")

@@ -8,6 +8,7 @@
 - :class:`StepTimingHook`: per-iteration data wait / teacher forward / student forward+backward /
   distillation loss, peak memory and images/s, averaged after warm-up.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,12 +22,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from mmengine.dist import get_rank
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.optim import OptimWrapper
-from mmengine.dist import get_rank
-from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import FUNCTIONS, HOOKS, METRICS, MODEL_WRAPPERS, OPTIM_WRAPPERS
 from mmengine.runner import set_random_seed
 
@@ -88,8 +88,11 @@ class NonFiniteLossGuard(Hook):
         context = dict(epoch=runner.epoch + 1, iter=batch_idx + 1, method=method_of(runner), rank=distributed.rank())
         if faults.matches("nan_loss", **context) == "NAN":
             outputs["loss"] = torch.tensor(float("nan"))
-        bad = [(name, value.item()) for name, value in outputs.items()
-               if torch.is_tensor(value) and value.numel() == 1 and not math.isfinite(value.item())]
+        bad = [
+            (name, value.item())
+            for name, value in outputs.items()
+            if torch.is_tensor(value) and value.numel() == 1 and not math.isfinite(value.item())
+        ]
         where = f"at epoch {runner.epoch + 1}, iteration {batch_idx + 1}"
         if distributed.world_size() > 1:
             # Every rank learns whether any rank went non-finite, so all stop together and
@@ -98,7 +101,11 @@ class NonFiniteLossGuard(Hook):
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             if flag.item():
                 culprit = int(flag.item()) - 1
-                detail = f"{bad[0][0]} became {bad[0][1]}" if bad and culprit == distributed.rank() else "the loss became non-finite"
+                detail = (
+                    f"{bad[0][0]} became {bad[0][1]}"
+                    if bad and culprit == distributed.rank()
+                    else "the loss became non-finite"
+                )
                 raise NonFiniteLossError(f"{detail} on rank {culprit} {where}")
         elif bad:
             raise NonFiniteLossError(f"{bad[0][0]} became {bad[0][1]} {where}")
@@ -212,8 +219,13 @@ class RunRecordHook(Hook):
 
     priority = "LOW"  # before CheckpointHook (VERY_LOW) in after_train_epoch
 
-    def __init__(self, record: RunRecord, save: Callable[[RunRecord], Any], progress: Callable[[str], Any] | None = None,
-                 metrics: Sequence[Metric] = CLASSIFICATION) -> None:
+    def __init__(
+        self,
+        record: RunRecord,
+        save: Callable[[RunRecord], Any],
+        progress: Callable[[str], Any] | None = None,
+        metrics: Sequence[Metric] = CLASSIFICATION,
+    ) -> None:
         self.record, self.save, self.progress = record, save, progress
         self.metrics = tuple(metrics)
         self._loss_sum, self._loss_count = 0.0, 0
@@ -379,7 +391,11 @@ class StepTimingHook(Hook):
     # The sums travel with each checkpoint, so a resumed run reports images/s and timings
     # over all its training iterations, not only those of its last attempt.
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault(RUN_STATE_KEY, {})["timing"] = {"sums": dict(self._sums), "count": self._count, "images": self._images}
+        checkpoint.setdefault(RUN_STATE_KEY, {})["timing"] = {
+            "sums": dict(self._sums),
+            "count": self._count,
+            "images": self._images,
+        }
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         timing = (checkpoint.get(RUN_STATE_KEY) or {}).get("timing") or {}

@@ -8,6 +8,7 @@ one rank; MMEngine wraps the model in DDP, shards the data with its ``DefaultSam
 checkpoints on rank 0. What DDP changes per method is handled in the methods themselves
 (CRD's synchronised bank, CKD's global contrast); the rest is gradient averaging.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank_main(local_rank: int, world_size: int, port: int, spec, num_data: int, record: dict, checkpoint: str | None,
-               show_progress: bool) -> None:
+def _rank_main(
+    local_rank: int,
+    world_size: int,
+    port: int,
+    spec,
+    num_data: int,
+    record: dict,
+    checkpoint: str | None,
+    show_progress: bool,
+) -> None:
     import logging
     import warnings
 
-
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(local_rank),
+        LOCAL_RANK=str(local_rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     on_gpu = spec.device != "cpu"
     if on_gpu:
         torch.cuda.set_device(local_rank)

@@ -5,6 +5,7 @@ so MMEngine logs each one and optimises their sum; ``predict`` mode returns the
 student's logits for the top-1/top-5 metric. Features the method asks for are taken
 by name with hooks (``benchmark.models.taps``), never by editing the networks.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,13 +17,15 @@ from mmengine.registry import MODELS
 from torch import Tensor, nn
 
 import benchmark.data  # noqa: F401  (registers the datasets and DistillDataPreprocessor)
-from benchmark.store.checkpoints import load_community_checkpoint
 from benchmark.models import build_model, feature_taps
 from benchmark.models.taps import FeatureRecorder
+from benchmark.store.checkpoints import load_community_checkpoint
 from methods import METHODS, DistillContext, StepInputs, build_method
 
 
-def _probe_shapes(model: nn.Module, recorder: FeatureRecorder | None, input_size: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+def _probe_shapes(
+    model: nn.Module, recorder: FeatureRecorder | None, input_size: tuple[int, ...]
+) -> dict[str, tuple[int, ...]]:
     if recorder is None:
         return {}
     was_training = model.training
@@ -76,15 +79,21 @@ class DistillationModel(BaseModel):
             self.teacher.eval()
 
         taps = method_cls.feature_taps
-        self.student_recorder = FeatureRecorder(self.student, {t: feature_taps(student)[t] for t in taps}) if taps else None
+        self.student_recorder = (
+            FeatureRecorder(self.student, {t: feature_taps(student)[t] for t in taps}) if taps else None
+        )
         self.teacher_recorder = (
-            FeatureRecorder(self.teacher, {t: feature_taps(teacher)[t] for t in taps}) if taps and self.teacher is not None else None
+            FeatureRecorder(self.teacher, {t: feature_taps(teacher)[t] for t in taps})
+            if taps and self.teacher is not None
+            else None
         )
         context = DistillContext(
             num_classes=num_classes,
             num_data=num_data,
             student_shapes=_probe_shapes(self.student, self.student_recorder, input_size),
-            teacher_shapes=_probe_shapes(self.teacher, self.teacher_recorder, input_size) if self.teacher is not None else {},
+            teacher_shapes=_probe_shapes(self.teacher, self.teacher_recorder, input_size)
+            if self.teacher is not None
+            else {},
         )
         self.method = build_method(method, context)
         self.channels_last = channels_last

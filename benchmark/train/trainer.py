@@ -2,6 +2,7 @@
 
 Rule: ``train/`` trains one run and never imports ``sweep/``; its files go through ``store/``.
 """
+
 from __future__ import annotations
 
 import platform
@@ -34,11 +35,28 @@ def environment(device: str) -> dict[str, Any]:
     import torchvision
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else (platform.processor() or platform.machine())
+    name = (
+        torch.cuda.get_device_name(0)
+        if device.startswith("cuda") and torch.cuda.is_available()
+        else (platform.processor() or platform.machine())
+    )
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -60,8 +78,11 @@ def suite_metrics(suite: Suite) -> tuple[Metric, ...]:
 def new_record(spec: RunSpec) -> RunRecord:
     schedule = spec.recipe.schedule
     metrics = suite_metrics(spec.suite)
-    extra = dict(spec.extra, recipe=spec.recipe.to_dict(),
-                 **({"per_process_batch": spec.per_process_batch, "sync_bn": spec.sync_bn} if spec.world_size > 1 else {}))
+    extra = dict(
+        spec.extra,
+        recipe=spec.recipe.to_dict(),
+        **({"per_process_batch": spec.per_process_batch, "sync_bn": spec.sync_bn} if spec.world_size > 1 else {}),
+    )
     if metrics != CLASSIFICATION and spec.teacher_checkpoint:
         extra.setdefault("teacher_file", Path(spec.teacher_checkpoint).name)  # which checkpoint, for the tables
     return RunRecord(
@@ -181,7 +202,12 @@ def train(
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         # The suite's own format (detection: an MMDetection checkpoint), else the community one.
         if spec.suite.export_student(model, spec.run_dir / STUDENT_EXPORT, record) is None:
-            save_community_checkpoint(model.student, spec.run_dir / STUDENT_EXPORT, epoch=spec.recipe.schedule.epochs, accuracy=record.last_top1)
+            save_community_checkpoint(
+                model.student,
+                spec.run_dir / STUDENT_EXPORT,
+                epoch=spec.recipe.schedule.epochs,
+                accuracy=record.last_top1,
+            )
     record_hook.write()
     return record
 

@@ -1,4 +1,5 @@
 """The benchmark tools themselves, on tiny sizes (default test run, not ``-m bench``)."""
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,12 @@ def test_complexity_json_is_what_the_aggregator_plots(tmp_path):
 
 
 def test_validate_report_rejects_schema_drift():
-    good = {"env": {"torch": "2", "device": "cpu", "threads": 1, "date": "d"},
-            "results": [{"method": "crd", "batch_size": 4, "n_data": 100, "forward_backward_ms": 1.0, "peak_memory_mb": 0.5}]}
+    good = {
+        "env": {"torch": "2", "device": "cpu", "threads": 1, "date": "d"},
+        "results": [
+            {"method": "crd", "batch_size": 4, "n_data": 100, "forward_backward_ms": 1.0, "peak_memory_mb": 0.5}
+        ],
+    }
     complexity.validate_report(good)
     bad_cases = []
     extra = copy.deepcopy(good)
@@ -107,10 +112,25 @@ def test_crd_scoring_compare_tiny():
 def test_step_overhead_tiny(tmp_path):
     pytest.importorskip("benchmark.models")
     out = tmp_path / "step_overhead.json"
-    report = step_overhead.main([
-        "--teacher", "resnet8", "--student", "resnet8", "--batch-size", "2", "--iters", "2",
-        "--methods", "kd,fitnet,crd", "--num-data", "20000", "--no-profile", "--out", str(out),
-    ])
+    report = step_overhead.main(
+        [
+            "--teacher",
+            "resnet8",
+            "--student",
+            "resnet8",
+            "--batch-size",
+            "2",
+            "--iters",
+            "2",
+            "--methods",
+            "kd,fitnet,crd",
+            "--num-data",
+            "20000",
+            "--no-profile",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["config"]["teacher"] == "resnet8"
     rows = {row["method"]: row for row in report["result"]["methods"]}
@@ -126,8 +146,26 @@ def test_crd_sync_benchmark_runs_two_gloo_processes_and_reports_the_overhead(tmp
     from benchmark.bench import crd_sync
 
     out = tmp_path / "crd_sync.json"
-    crd_sync.main(["--nproc", "2", "--batch-size", "8", "--num-data", "512", "--nce-k", "16", "--feat-dim", "8",
-                   "--reps", "2", "--warmup", "1", "--out", str(out)])
+    crd_sync.main(
+        [
+            "--nproc",
+            "2",
+            "--batch-size",
+            "8",
+            "--num-data",
+            "512",
+            "--nce-k",
+            "16",
+            "--feat-dim",
+            "8",
+            "--reps",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     assert report["config"]["nproc"] == 2 and report["synchronised_ms"] > 0 and report["local_only_ms"] > 0
     assert report["sync_overhead_ms"] == pytest.approx(report["synchronised_ms"] - report["local_only_ms"], abs=2e-3)

@@ -5,6 +5,7 @@ one forward+backward of the method on CIFAR-100 shapes (B=64, C=100, hint (B,128
 embedding 256; CRD K=16384, N=50,000, d=128) and stores the peak tensor memory of a call
 in ``extra_info['peak_memory_mb']`` (see ``benchmark.bench.timing.peak_memory_mb``).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -34,8 +35,13 @@ def one_cpu_thread():
 def test_loss_forward_backward(benchmark, name):
     workload = loss_workload(name, BATCH, device=DEVICE)
     benchmark.group = f"loss fwd+bwd, B={BATCH}, {DEVICE}"
-    benchmark.extra_info.update(method=name, batch_size=BATCH, device=DEVICE, threads=torch.get_num_threads(),
-                                peak_memory_mb=round(peak_memory_mb(workload, DEVICE), 3))
+    benchmark.extra_info.update(
+        method=name,
+        batch_size=BATCH,
+        device=DEVICE,
+        threads=torch.get_num_threads(),
+        peak_memory_mb=round(peak_memory_mb(workload, DEVICE), 3),
+    )
     rounds = 3 if name.startswith(("crd", "fitnet")) else 20
     benchmark.pedantic(workload, rounds=rounds, warmup_rounds=1, iterations=1)
 

@@ -7,15 +7,17 @@
 # FREEZE_AT 0); BN statistics stay frozen (norm_eval) with a trainable affine, where the reference's
 # FrozenBN (MODEL.MOBILENETV2.NORM) also freezes the affine. A student of the coco suite; runs alone
 # with MMDetection's tools.
-_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['benchmark.detection.model'], allow_failed_imports=False)
+_base_ = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
+custom_imports = dict(imports=["benchmark.detection.model"], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='TruncatedMobileNetV2',
+        type="TruncatedMobileNetV2",
         out_indices=(1, 2, 4, 6),
         frozen_stages=-1,
-        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_cfg=dict(type="BN", requires_grad=True),
         norm_eval=True,
-        init_cfg=dict(type='Pretrained', checkpoint='torchvision://mobilenet_v2')),
-    neck=dict(in_channels=[24, 32, 96, 320]))
+        init_cfg=dict(type="Pretrained", checkpoint="torchvision://mobilenet_v2"),
+    ),
+    neck=dict(in_channels=[24, 32, 96, 320]),
+)

@@ -2,7 +2,8 @@
 # config): the R-50 config with a ResNet-18 backbone (ImageNet weights from torchvision) and the
 # FPN on its stage widths 64/128/256/512. A student of the coco suite; runs alone with
 # MMDetection's tools as any of its configs.
-_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
+_base_ = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
 model = dict(
-    backbone=dict(depth=18, init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet18')),
-    neck=dict(in_channels=[64, 128, 256, 512]))
+    backbone=dict(depth=18, init_cfg=dict(type="Pretrained", checkpoint="torchvision://resnet18")),
+    neck=dict(in_channels=[64, 128, 256, 512]),
+)

@@ -1,4 +1,5 @@
 """The executors: Slurm job arrays through submitit, or submitit's local processes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,32 @@ def _parse_slurm_options(pairs: list[str]) -> tuple[dict, dict]:
     """``--slurm KEY=VALUE`` to submitit parameters, or to extra ``#SBATCH --key=value`` lines."""
     from submitit.slurm.slurm import _get_default_parameters
 
-    managed = {"partition": "--partition", "time": "--time-limit", "timeout_min": "--time-limit", "mem": "--mem-gb",
-               "mem_gb": "--mem-gb", "cpus_per_task": "--cpus-per-run", "gpus_per_node": "--gpus-per-run",
-               "num_gpus": "--gpus-per-run", "array_parallelism": "--array-parallelism"}
-    refused = {"nodes": "one node per run (multi-node runs are not offered)", "ntasks_per_node": "one task per run: --nproc runs inside it",
-               "ntasks": "one task per run: --nproc runs inside it", "array": "the array is made by the sweep",
-               "output": "job logs go to <work-dir>/jobs/", "error": "job logs go to <work-dir>/jobs/",
-               "open_mode": "job logs are appended to", "signal": "the requeue signal is the sweep's (USR2@90)",
-               "dependency": "the teacher dependency is the sweep's", "setup": "not a --slurm option", "teardown": "not a --slurm option",
-               "additional_parameters": "give each as --slurm KEY=VALUE", "wrap": "the job runs the sweep's command"}
+    managed = {
+        "partition": "--partition",
+        "time": "--time-limit",
+        "timeout_min": "--time-limit",
+        "mem": "--mem-gb",
+        "mem_gb": "--mem-gb",
+        "cpus_per_task": "--cpus-per-run",
+        "gpus_per_node": "--gpus-per-run",
+        "num_gpus": "--gpus-per-run",
+        "array_parallelism": "--array-parallelism",
+    }
+    refused = {
+        "nodes": "one node per run (multi-node runs are not offered)",
+        "ntasks_per_node": "one task per run: --nproc runs inside it",
+        "ntasks": "one task per run: --nproc runs inside it",
+        "array": "the array is made by the sweep",
+        "output": "job logs go to <work-dir>/jobs/",
+        "error": "job logs go to <work-dir>/jobs/",
+        "open_mode": "job logs are appended to",
+        "signal": "the requeue signal is the sweep's (USR2@90)",
+        "dependency": "the teacher dependency is the sweep's",
+        "setup": "not a --slurm option",
+        "teardown": "not a --slurm option",
+        "additional_parameters": "give each as --slurm KEY=VALUE",
+        "wrap": "the job runs the sweep's command",
+    }
     valid = set(_get_default_parameters())
     params, extra = {}, {}
     for item in pairs:
@@ -55,9 +73,13 @@ def _parse_slurm_options(pairs: list[str]) -> tuple[dict, dict]:
 
 
 def _check_resources(args: SweepOptions) -> None:
-    for option, value, least in (("--gpus-per-run", args.gpus_per_run, 0), ("--cpus-per-run", args.cpus_per_run, 1),
-                                 ("--time-limit", args.time_limit, 1), ("--mem-gb", args.mem_gb, 1),
-                                 ("--array-parallelism", args.array_parallelism, 1)):
+    for option, value, least in (
+        ("--gpus-per-run", args.gpus_per_run, 0),
+        ("--cpus-per-run", args.cpus_per_run, 1),
+        ("--time-limit", args.time_limit, 1),
+        ("--mem-gb", args.mem_gb, 1),
+        ("--array-parallelism", args.array_parallelism, 1),
+    ):
         if value is not None and value < least:
             raise UsageError(f"{option} must be at least {least}")
 
@@ -100,8 +122,14 @@ class SlurmBackend:
         except RuntimeError:
             raise UsageError("--cluster slurm: no srun on PATH (run it where Slurm's commands are)") from None
         repo = str(Path(__file__).resolve().parent.parent)
-        params = dict(job_name=job_name, time=self.time_limit, nodes=1, ntasks_per_node=1, signal_delay_s=SIGNAL_DELAY_S,
-                      setup=[f"export PYTHONPATH={shlex.quote(repo)}${{PYTHONPATH:+:$PYTHONPATH}}"])
+        params = dict(
+            job_name=job_name,
+            time=self.time_limit,
+            nodes=1,
+            ntasks_per_node=1,
+            signal_delay_s=SIGNAL_DELAY_S,
+            setup=[f"export PYTHONPATH={shlex.quote(repo)}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        )
         if self.args.partition:
             params["partition"] = self.args.partition
         if self.gpus:
@@ -125,9 +153,13 @@ class SlurmBackend:
         return executor
 
     def describe(self) -> str:
-        parts = [f"partition {self.args.partition}" if self.args.partition else "default partition",
-                 f"{self.gpus} GPU(s)", f"{self.cpus} CPU(s)" if self.cpus else "default CPUs",
-                 f"{self.time_limit} min", f"{self.args.mem_gb} GB" if self.args.mem_gb else "default memory"]
+        parts = [
+            f"partition {self.args.partition}" if self.args.partition else "default partition",
+            f"{self.gpus} GPU(s)",
+            f"{self.cpus} CPU(s)" if self.cpus else "default CPUs",
+            f"{self.time_limit} min",
+            f"{self.args.mem_gb} GB" if self.args.mem_gb else "default memory",
+        ]
         return ", ".join(parts)
 
     def submit(self, fn, items: list[tuple], job_name: str, dependency: str | None = None) -> list:
@@ -160,7 +192,9 @@ class LocalBackend:
         self.args, self.sweep = args, sweep
         self.folder = Path(args.work_dir).absolute() / JOBS_DIR
         device = sweep.stage.device
-        self.gpus = args.gpus_per_run if args.gpus_per_run is not None else (args.nproc if device.startswith("cuda") else 0)
+        self.gpus = (
+            args.gpus_per_run if args.gpus_per_run is not None else (args.nproc if device.startswith("cuda") else 0)
+        )
         self.device_count = torch.cuda.device_count() if self.gpus else 0
         if args.array_parallelism:
             self.parallelism = args.array_parallelism
@@ -188,8 +222,12 @@ class LocalBackend:
         import submitit
 
         executor = submitit.LocalExecutor(folder=self.folder, max_num_timeout=MAX_TIMEOUTS)
-        params = dict(timeout_min=self.args.time_limit or LOCAL_TIMEOUT_MIN, signal_delay_s=SIGNAL_DELAY_S, tasks_per_node=1,
-                      gpus_per_node=self.gpus)
+        params = dict(
+            timeout_min=self.args.time_limit or LOCAL_TIMEOUT_MIN,
+            signal_delay_s=SIGNAL_DELAY_S,
+            tasks_per_node=1,
+            gpus_per_node=self.gpus,
+        )
         if self.gpus and self.device_count:
             params["visible_gpus"] = tuple((slot * self.gpus + i) % self.device_count for i in range(self.gpus))
         executor.update_parameters(**params)

@@ -1,4 +1,5 @@
 """What the cluster modules share: job states, exit codes, polling and printing."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,21 @@ FRESH_SUBMISSION_S = 300  # a job the scheduler does not list yet is taken as qu
 EXIT_FAILED, EXIT_HELD = 1, 3
 
 # Slurm job states: still going (the run may yet execute) vs ended.
-LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-               "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
+LIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "RESV_DEL_HOLD",
+    "STOPPED",
+}
 RUNNING, PENDING = "RUNNING", "PENDING"
 
 

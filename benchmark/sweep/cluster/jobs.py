@@ -1,4 +1,5 @@
 """The submitit jobs (one per run, one per teacher to train) and the command lines they re-parse."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,15 @@ def job_options(options: SweepOptions) -> SweepOptions:
 
 def status_command(options: SweepOptions) -> str:
     """The --status command of this sweep, to print (the scheduler's resources left out)."""
-    resources = dict(partition=None, gpus_per_run=None, cpus_per_run=None, time_limit=None, mem_gb=None,
-                     array_parallelism=None, slurm=())
+    resources = dict(
+        partition=None,
+        gpus_per_run=None,
+        cpus_per_run=None,
+        time_limit=None,
+        mem_gb=None,
+        array_parallelism=None,
+        slurm=(),
+    )
     argv = options.to_argv(cluster=None, wait=False, status=True, dry_run=False, print_config=False, **resources)
     return "python benchmark/run.py " + shlex.join(argv)
 

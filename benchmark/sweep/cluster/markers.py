@@ -1,4 +1,5 @@
 """Submission markers: ``<run_dir>/submitted.json`` says which job was submitted for a run, atomically."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,15 @@ def read_marker(run_dir: str | os.PathLike) -> Marker | None:
     path = Path(run_dir) / MARKER_FILE
     try:
         data = json.loads(path.read_text())
-        return Marker(str(data["cluster"]), str(data["job_id"]), str(data["host"]), float(data["time"]),
-                      data.get("log"), data.get("role", "run"), list(data.get("previous", [])))
+        return Marker(
+            str(data["cluster"]),
+            str(data["job_id"]),
+            str(data["host"]),
+            float(data["time"]),
+            data.get("log"),
+            data.get("role", "run"),
+            list(data.get("previous", [])),
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -49,8 +57,16 @@ def write_marker(run_dir: str | os.PathLike, cluster: str, job_id: str, log: str
     old = read_marker(run_dir)
     previous = ([{"cluster": old.cluster, "job_id": old.job_id, "time": old.time}] + old.previous)[:10] if old else []
     marker = Marker(cluster, str(job_id), socket.gethostname(), time.time(), log, role, previous)
-    data = {"cluster": marker.cluster, "job_id": marker.job_id, "host": marker.host, "time": marker.time,
-            "submitted_at": marker.when, "log": log, "role": role, "previous": previous}
+    data = {
+        "cluster": marker.cluster,
+        "job_id": marker.job_id,
+        "host": marker.host,
+        "time": marker.time,
+        "submitted_at": marker.when,
+        "log": log,
+        "role": role,
+        "previous": previous,
+    }
     write_text(Path(run_dir) / MARKER_FILE, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return marker
 

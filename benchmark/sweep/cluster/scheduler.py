@@ -1,4 +1,5 @@
 """What the scheduler (Slurm, or the local processes) says about the jobs, asked once per poll."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Submission: every run that is neither completed nor held by a live job, once; --wait; the end of a cluster sweep."""
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,9 @@ from benchmark.sweep.status import (
 )
 
 
-def _classify_for_submission(rows: list[Row], view: SchedulerView, args) -> tuple[list[Row], dict[str, list[str]], list[str]]:
+def _classify_for_submission(
+    rows: list[Row], view: SchedulerView, args
+) -> tuple[list[Row], dict[str, list[str]], list[str]]:
     """Which runs to submit, and why the others are not (never twice)."""
     take: list[Row] = []
     skipped: dict[str, list[str]] = {}
@@ -70,7 +73,13 @@ def _classify_for_submission(rows: list[Row], view: SchedulerView, args) -> tupl
 
 
 def _skipped_text(skipped: dict[str, list[str]]) -> str:
-    order = ["completed", "running (held)", "queued", "queued, scheduler not answering", "failed (--retry-failed runs them again)"]
+    order = [
+        "completed",
+        "running (held)",
+        "queued",
+        "queued, scheduler not answering",
+        "failed (--retry-failed runs them again)",
+    ]
     return ", ".join(f"{len(skipped[k])} {k}" for k in order if k in skipped)
 
 
@@ -86,7 +95,13 @@ def _prepare(args: SweepOptions):
         say("note: --partition, --mem-gb and --slurm apply to --cluster slurm only; ignored here")
     sweep = plan_sweep(args)
     if args.dry_run:
-        print_plan(sweep.suite, sweep.recipe, sweep.pairs, sweep.runs, {name: sweep.stage.describe(name) for name in sweep.teacher_names})
+        print_plan(
+            sweep.suite,
+            sweep.recipe,
+            sweep.pairs,
+            sweep.runs,
+            {name: sweep.stage.describe(name) for name in sweep.teacher_names},
+        )
         if args.print_config:
             print_configs(sweep)
         return sweep
@@ -100,7 +115,10 @@ def submit_sweep(args: SweepOptions) -> int:
     teachers, runs = teacher_rows(sweep), run_rows(sweep)
     take, skipped, refused = _classify_for_submission(runs, _view_for(runs), args)
     if args.dry_run:
-        say(f"--cluster {args.cluster}: would submit {len(take)} run(s)" + (f"; not: {_skipped_text(skipped)}" if skipped else ""))
+        say(
+            f"--cluster {args.cluster}: would submit {len(take)} run(s)"
+            + (f"; not: {_skipped_text(skipped)}" if skipped else "")
+        )
         for line in refused:
             say(f"  refused: {line}")
         return 0
@@ -117,11 +135,17 @@ def submit_sweep(args: SweepOptions) -> int:
     if not take:
         say(f"nothing to submit: {_skipped_text(skipped) or 'no runs'}")
     elif isinstance(backend, SlurmBackend):
-        jobs = backend.submit(RunJob(cwd), [(job_opts, str(row.run_dir)) for row in take], f"kd-{sweep.suite.name}", dependency)
+        jobs = backend.submit(
+            RunJob(cwd), [(job_opts, str(row.run_dir)) for row in take], f"kd-{sweep.suite.name}", dependency
+        )
         for row, job in zip(take, jobs):
             write_marker(row.run_dir, "slurm", job.job_id, _job_log(backend.folder, job.job_id))
         array = jobs[0].job_id.split("_")[0]
-        shape = f"array job {array} (tasks 0-{len(jobs) - 1}, at most {min(len(jobs), backend.parallelism or 256)} at once)" if len(jobs) > 1 else f"job {array}"
+        shape = (
+            f"array job {array} (tasks 0-{len(jobs) - 1}, at most {min(len(jobs), backend.parallelism or 256)} at once)"
+            if len(jobs) > 1
+            else f"job {array}"
+        )
         after = f", after {dependency}" if dependency else ""
         say(f"submitted {len(take)} run(s) as {shape}: {backend.describe()}{after}")
         if skipped:
@@ -133,8 +157,10 @@ def submit_sweep(args: SweepOptions) -> int:
         if skipped:
             say(f"not submitted: {_skipped_text(skipped)}")
         if queue and not args.wait:
-            say(f"{len(queue)} run(s) left for later: the local executor runs {backend.parallelism} at once and has no queue; "
-                f"run the same command again when these have ended, or add --wait")
+            say(
+                f"{len(queue)} run(s) left for later: the local executor runs {backend.parallelism} at once and has no queue; "
+                f"run the same command again when these have ended, or add --wait"
+            )
             queue = []
     if not args.wait:
         say(f"logs in {Path(args.work_dir) / JOBS_DIR}/; watch with: {status_command(args)}")
@@ -169,15 +195,21 @@ def _teacher_stage(backend, sweep, teachers: list[Row], job_opts: SweepOptions, 
             continue
         needed.append(row)
     if needed:
-        jobs = backend.submit(TeacherJob(cwd), [(job_opts, row.teacher) for row in needed], f"kd-{sweep.suite.name}-teachers")
+        jobs = backend.submit(
+            TeacherJob(cwd), [(job_opts, row.teacher) for row in needed], f"kd-{sweep.suite.name}-teachers"
+        )
         for row, job in zip(needed, jobs):
             write_marker(row.run_dir, "slurm", job.job_id, _job_log(backend.folder, job.job_id), role="teacher")
             depends.append(job.job_id)
-            say(f"teacher {row.teacher}: submitted as job {job.job_id} ({backend.describe()}); the runs' array waits for it")
+            say(
+                f"teacher {row.teacher}: submitted as job {job.job_id} ({backend.describe()}); the runs' array waits for it"
+            )
     return "afterok:" + ":".join(depends) if depends else None
 
 
-def _local_fill(backend: LocalBackend, queue: list[Row], job_opts: SweepOptions, cwd: str, args: SweepOptions) -> list[str]:
+def _local_fill(
+    backend: LocalBackend, queue: list[Row], job_opts: SweepOptions, cwd: str, args: SweepOptions
+) -> list[str]:
     """Submit queued runs into free local slots, each checked again just before (never twice)."""
     submitted = []
     for slot in backend.free_slots():
@@ -223,7 +255,9 @@ class LiveLine:
         self.last = ""
 
 
-def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: list[Row], job_opts: SweepOptions, cwd: str) -> int:
+def _wait(
+    args, sweep, backend, teachers: list[Row], runs: list[Row], queue: list[Row], job_opts: SweepOptions, cwd: str
+) -> int:
     """``--wait``: one live progress line until every run has ended, then the tables."""
     from benchmark.sweep.console import format_duration
 
@@ -249,8 +283,11 @@ def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: lis
                 announced[row.run_dir] = a.kind
                 line.event(f"{a.kind}: {row.name}: {a.detail}")
         queued = {row.run_dir for row in queue}
-        waiting = [a for row, a in assessed
-                   if a.kind in ("running",) or (a.kind == "pending" and (a.live_job or row.run_dir in queued))]
+        waiting = [
+            a
+            for row, a in assessed
+            if a.kind in ("running",) or (a.kind == "pending" and (a.live_job or row.run_dir in queued))
+        ]
         counts = {kind: sum(a.kind == kind for _, a in assessed) for kind in KINDS}
         counts["failed"] += sum(a.kind == "refused" for _, a in assessed)
         per_epoch = _seconds_per_epoch(a for _, a in assessed)
@@ -260,8 +297,10 @@ def _wait(args, sweep, backend, teachers: list[Row], runs: list[Row], queue: lis
             at_once = max(1, min(len(waiting), getattr(backend, "parallelism", None) or len(waiting)))
             eta = "ETA " + format_duration(left * per_epoch / at_once)
         note = "" if view.slurm_answering in (None, True) else " (scheduler not answering)"
-        line.show(f"[{counts['completed']}/{len(runs)} completed] {counts['running']} running, {counts['pending']} pending, "
-                  f"{counts['failed']} failed, {counts['lost']} lost | {eta}{note}")
+        line.show(
+            f"[{counts['completed']}/{len(runs)} completed] {counts['running']} running, {counts['pending']} pending, "
+            f"{counts['failed']} failed, {counts['lost']} lost | {eta}{note}"
+        )
         if not waiting:
             break
         time.sleep(poll)
@@ -287,9 +326,23 @@ def _finish(args, assessed: list[Assessment]) -> int:
         say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
     say(f"{completed} run(s) completed, {failed} failed, {lost} lost" + (f", {not_run} not run" if not_run else ""))
     if lost or not_run:
-        say(f"{lost + not_run} run(s) did not finish (their job ended first): submit the same command again to resume them")
+        say(
+            f"{lost + not_run} run(s) did not finish (their job ended first): submit the same command again to resume them"
+        )
     return EXIT_FAILED if failed or lost or not_run else 0
 
 
-__all__ = ["RunJob", "TeacherJob", "submit_sweep", "print_status", "assess", "read_marker", "write_marker",
-           "SchedulerView", "job_options", "status_command", "MARKER_FILE", "JOBS_DIR"]
+__all__ = [
+    "RunJob",
+    "TeacherJob",
+    "submit_sweep",
+    "print_status",
+    "assess",
+    "read_marker",
+    "write_marker",
+    "SchedulerView",
+    "job_options",
+    "status_command",
+    "MARKER_FILE",
+    "JOBS_DIR",
+]

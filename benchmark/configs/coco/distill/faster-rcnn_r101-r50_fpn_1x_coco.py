@@ -5,12 +5,13 @@
 # model-zoo checkpoint (faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth), loaded strictly, frozen.
 #   python tools/train.py <this file>    (MMDetection's tooling, from the repository root), or
 #   Runner.from_cfg(Config.fromfile(<this file>)).train()
-_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['benchmark.detection.model'], allow_failed_imports=False)
+_base_ = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
+custom_imports = dict(imports=["benchmark.detection.model"], allow_failed_imports=False)
 model = dict(
     _delete_=True,
-    type='DistillationDetector',
-    student=dict(cfg_path='mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'),
-    teacher=dict(cfg_path='mmdet::faster_rcnn/faster-rcnn_r101_fpn_1x_coco.py'),
-    teacher_checkpoint='checkpoints/faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth',
-    distill=dict(type='ce'))
+    type="DistillationDetector",
+    student=dict(cfg_path="mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"),
+    teacher=dict(cfg_path="mmdet::faster_rcnn/faster-rcnn_r101_fpn_1x_coco.py"),
+    teacher_checkpoint="checkpoints/faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth",
+    distill=dict(type="ce"),
+)
