@@ -1,13 +1,6 @@
-"""Run a benchmark sweep: teachers, then every (pair, method, seed), then the tables.
+"""Run a benchmark sweep (the command line is described in ``benchmark/sweep/options.py``).
 
-    python benchmark/run.py --suite digits --methods kd,fitnet,crd,dkd,ckd
-    python benchmark/run.py --suite cifar100 --methods ckd,crd,dkd --data-root data --teachers teachers
-    python benchmark/run.py --suite cifar100 --methods ckd,crd,dkd --dry-run
-
-Every run has its own directory under ``<work-dir>/<suite>/<recipe>/<pair>/<method>/seed<k>``
-with its MMEngine config, logs, checkpoints, the exported student and ``record.json``.
-Completed runs are skipped, interrupted ones resume from their last checkpoint, a run
-whose loss becomes NaN is recorded as failed; nothing is overwritten silently.
+python benchmark/run.py --help
 """
 
 from __future__ import annotations

@@ -152,19 +152,24 @@ def finish(sweep: Sweep, outcome: SweepOutcome) -> int:
     return 0
 
 
+def show_dry_run(sweep: Sweep) -> None:
+    """``--dry-run``: the plan with every run's state; with ``--print-config`` each run's complete config."""
+    print_plan(
+        sweep.suite,
+        sweep.recipe,
+        sweep.pairs,
+        sweep.runs,
+        {name: sweep.stage.describe(name) for name in sweep.teacher_names},
+    )
+    if sweep.args.print_config:
+        print_configs(sweep)
+
+
 def run_sweep(args: SweepOptions) -> int:
     """The in-process executor: teachers, then every planned run in turn, then the tables."""
     sweep = plan_sweep(args)
     if args.dry_run:
-        print_plan(
-            sweep.suite,
-            sweep.recipe,
-            sweep.pairs,
-            sweep.runs,
-            {name: sweep.stage.describe(name) for name in sweep.teacher_names},
-        )
-        if args.print_config:
-            print_configs(sweep)
+        show_dry_run(sweep)
         return 0
     preflight(sweep)
     num_data, teachers, held_teachers = prepare_teachers(sweep)

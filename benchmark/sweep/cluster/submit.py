@@ -84,8 +84,7 @@ def _skipped_text(skipped: dict[str, list[str]]) -> str:
 
 
 def _prepare(args: SweepOptions):
-    from benchmark.sweep.console import print_plan
-    from benchmark.sweep.in_process import preflight, print_configs
+    from benchmark.sweep.in_process import preflight, show_dry_run
     from benchmark.sweep.plan import plan_sweep
 
     _check_resources(args)
@@ -95,15 +94,7 @@ def _prepare(args: SweepOptions):
         say("note: --partition, --mem-gb and --slurm apply to --cluster slurm only; ignored here")
     sweep = plan_sweep(args)
     if args.dry_run:
-        print_plan(
-            sweep.suite,
-            sweep.recipe,
-            sweep.pairs,
-            sweep.runs,
-            {name: sweep.stage.describe(name) for name in sweep.teacher_names},
-        )
-        if args.print_config:
-            print_configs(sweep)
+        show_dry_run(sweep)
         return sweep
     preflight(sweep)  # the data is there too (the jobs would all fail on it otherwise)
     return sweep
