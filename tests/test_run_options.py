@@ -137,8 +137,16 @@ def test_help_lists_every_registered_suite():
 
 
 @pytest.mark.skipif(PROBLEM is not None and not os.environ.get("CI"), reason=f"fallback outside CI only: {PROBLEM}")
-def test_print_config_shows_the_bf16_wrapper_on_coco(tmp_path):
-    """--dry-run --print-config prints the complete config without data or teacher files."""
+def test_print_config_shows_the_bf16_wrapper_on_coco(tmp_path, capsys):
+    """--dry-run --print-config prints the complete config without data or teacher files (in process:
+    the CLI's own main; one subprocess would spend most of its time importing MMDetection)."""
+    from benchmark.run import main
+
+    def run_cli(*args: str):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
     common = (
         "--suite",
         "coco",

@@ -19,6 +19,17 @@ from benchmark.sweep.state import existing_state
 from benchmark.sweep.teachers import TeacherInfo
 
 
+def unwritable_dir(path: str, option: str) -> str | None:
+    """Why ``path`` cannot be created and written, in one line, or None; creates nothing (a look only)."""
+    target = Path(path)
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"{option} {path}: cannot create or write there ({existing} is not a folder)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{option} {path}: cannot create or write there (Permission denied)"
+    return None
+
+
 def check_writable_dir(path: str, option: str) -> None:
     """Create ``path`` if needed and prove a file can be written there; else one-line UsageError."""
     from benchmark.store.atomic import write_text
@@ -62,14 +73,12 @@ def preflight(sweep: Sweep) -> None:
     outputs = [(args.work_dir, "--work-dir")] + (
         [] if args.no_aggregate else [(args.tables, "--tables"), (args.reports, "--reports")]
     )
-    for path, option in outputs:
-        try:
-            check_writable_dir(path, option)
-        except UsageError as exc:
-            problems.append(str(exc))
+    problems += [unwritable_dir(path, option) for path, option in outputs]  # looks only: nothing is created yet
     problems = [problem for problem in problems if problem]
     if problems:
         raise UsageError(*problems)
+    for path, option in outputs:  # now created, and proven writable with a probe file
+        check_writable_dir(path, option)
     if sweep.needs_teacher:
         sweep.stage.announce_training(sweep.teacher_names)
     if not args.verbose:
