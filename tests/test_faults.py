@@ -29,6 +29,21 @@ KILLED_TABLE = "digits_best.md"
 BASE = ["--suite", "digits", "--seeds", "1", "--epochs", "2", "--no-baseline", "--no-aggregate"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def ctrl_c_reaches_the_cli():
+    """The INT faults need SIGINT to act in the CLI as Ctrl-C does in a terminal.
+
+    A runner started in the background by a script (``tox -e py &``, nohup in CI) ignores SIGINT,
+    its children inherit that, and Python then never turns SIGINT into KeyboardInterrupt: the
+    INT cases ran to completion and failed. Only an ignored SIGINT is replaced, for this module.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def cli(
     *args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
