@@ -95,11 +95,11 @@ class CKD(Distiller):
 
     def forward(self, step: StepInputs) -> dict[str, Tensor]:
         logits_teacher = requires_teacher_logits(step)
+        # CE first: the order the graph is built in sets the order in which backward sums the two
+        # terms' gradients into the logits, so the same seed keeps giving the same numbers.
+        loss_ce = self.cross_entropy(step, self.ce_weight)
         if step.groups is not None:  # contrast groups of this process (detection: contrast_rois); no gather
             contrastive = grouped_ckd_loss(step.logits_student, logits_teacher, step.groups, self.temperature)
         else:
             contrastive = ckd_loss(step.logits_student, logits_teacher, self.temperature, self.contrast == "global")
-        return {
-            "loss_ce": self.cross_entropy(step, self.ce_weight),
-            "loss_ckd": self.cl_weight * contrastive,
-        }
+        return {"loss_ce": loss_ce, "loss_ckd": self.cl_weight * contrastive}
