@@ -96,10 +96,20 @@ def load_community_checkpoint(model: nn.Module, path: str | os.PathLike) -> dict
     return payload
 
 
+def save_deterministic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` through an open file: the archive's inner folder is then always ``archive/``.
+
+    Given a path, torch names it after the file — here a random temporary name — so the same
+    weights gave a different file, and a different sha256 in the tables, on every run.
+    """
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def save_community_checkpoint(model: nn.Module, path: str | os.PathLike, **extra) -> Path:
     """Save ``{'model': state_dict, **extra}`` atomically (temp file + rename)."""
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), **extra}, tmp)
+        save_deterministic({"model": model.state_dict(), **extra}, tmp)
     return Path(path)
 
 

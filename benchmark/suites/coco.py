@@ -266,9 +266,9 @@ class DetectionSuite(Suite):
 
     def export_student(self, model, path: Path, record) -> Path:
         """The trained student as an MMDetection checkpoint (``{'state_dict', 'meta'}``), atomically."""
-        import torch
 
         from benchmark.store.atomic import atomic_path
+        from benchmark.store.checkpoints import save_deterministic
 
         meta = {
             "epoch": record.epochs,
@@ -277,7 +277,7 @@ class DetectionSuite(Suite):
             "metrics": {name: record.last_value(name) for name in record.metric_names},
         }
         with atomic_path(path) as tmp:
-            torch.save({"state_dict": model.student.state_dict(), "meta": meta}, tmp)
+            save_deterministic({"state_dict": model.student.state_dict(), "meta": meta}, tmp)
         return Path(path)
 
     def evaluate_teacher(
