@@ -7,6 +7,8 @@ Modules are discovered automatically, so a new method is one new file.
 >>> import methods
 >>> sorted(methods.METHODS.module_dict)
 ['ce', 'ckd', 'crd', 'crd_kd', 'dkd', 'fitnet', 'kd']
+
+Rule: a leaf — no import of ``benchmark``; a new method is one file here plus its golden test.
 """
 
 from __future__ import annotations

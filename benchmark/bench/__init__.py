@@ -9,4 +9,6 @@
 
 Timings are medians of repetitions after warm-up; configurations that are compared are
 run interleaved in one process, so load from other processes hits all of them alike.
+
+Rule: scripts run with ``python -m``; each measures its baseline in the same run, nothing imports them.
 """

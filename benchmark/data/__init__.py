@@ -3,6 +3,8 @@ sampling, and the batch preprocessor that augments and normalises on the model's
 
 Importing this package registers ``CIFAR100Distill``, ``DigitsDistill`` and
 ``ImageNetDistill`` in mmengine's ``DATASETS`` and ``DistillDataPreprocessor`` in ``MODELS``.
+
+Rule: a leaf — datasets hand raw uint8 items to the loader; nothing here knows a method or a run.
 """
 
 from __future__ import annotations

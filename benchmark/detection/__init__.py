@@ -11,6 +11,8 @@
 
 This package imports without MMDetection; only ``benchmark.detection.model`` (imported by
 the configs through ``custom_imports``) needs it.
+
+Rule: a leaf — MMDetection's models and configs for the coco suite; it imports nothing of ``sweep/`` or ``train/``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The community teacher checkpoints (``<name>_vanilla/ckpt_epoch_240.pth``, a dict
 ``{'model': state_dict}``) load into these models with ``strict=True`` and give the same
 logits. ``forward(x)`` returns logits only; hidden features are read with
 :class:`FeatureRecorder` at the taps of :func:`feature_taps`.
+
+Rule: a leaf — models return logits from ``forward(x)``; features are read by name (taps), never by editing a model.
 """
 
 from __future__ import annotations

@@ -10,4 +10,6 @@ package holds the pieces:
 - :mod:`.index`: ``reports/index.md`` and ``index.html``.
 
 Everything here is deterministic: the same records give byte-identical files.
+
+Rule: a leaf — records in, tables/plots/index out; it reads run files through ``store/`` only.
 """

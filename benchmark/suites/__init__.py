@@ -2,6 +2,8 @@
 
 Modules are discovered automatically, so a new suite is one new file calling
 :func:`register_suite`.
+
+Rule: a leaf — a new suite is one file here; what the layers above need from it is declared on ``Suite``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""What a sweep prints: the plan, progress with an ETA, durations; its exit codes."""
+"""What every executor of a sweep prints with: progress with an ETA, durations, ``say``; the exit codes."""
 
 from __future__ import annotations
 
-from benchmark.store.claims import holder_of
-from benchmark.sweep.plan import PlannedRun
-from benchmark.sweep.state import existing_state
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # plan.py reaches this module through the teacher stage: no runtime import back
+    from benchmark.sweep.plan import PlannedRun
 
 EXIT_FAILED, EXIT_USAGE, EXIT_HELD = 1, 2, 3
 
@@ -41,19 +42,3 @@ class Progress:
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def print_plan(suite, recipe: str, pairs, runs: list[PlannedRun], teacher_plan: dict[str, str]) -> None:
-    say(f"suite {suite.name}: {suite.description}")
-    say(
-        f"recipe {recipe}; {len(pairs)} pair(s) x {len({r.method for r in runs})} method(s) x {len({r.seed for r in runs})} seed(s) = {len(runs)} run(s)"
-    )
-    say("teachers:")
-    for name, how in teacher_plan.items():
-        say(f"  {name}: {how}")
-    say("runs:")
-    for run in runs:
-        state, _ = existing_state(run)
-        holder = holder_of(run.run_dir)
-        held = f" (held by {holder})" if holder else ""
-        say(f"  [{state:>11}] {run.label} -> {run.run_dir}{held}")

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import UsageError
-from benchmark.store.claims import claim
+from benchmark.store.claims import claim, holder_of
 from benchmark.store.records import RECORD_FILE, write_record
-from benchmark.sweep.console import EXIT_FAILED, EXIT_HELD, Progress, print_plan, say
+from benchmark.sweep.console import EXIT_FAILED, EXIT_HELD, Progress, say
 from benchmark.sweep.options import SweepOptions
 from benchmark.sweep.plan import BASELINE, PlannedRun, Sweep, plan_sweep
 from benchmark.sweep.state import existing_state
@@ -141,14 +141,20 @@ def execute_claimed(
         raise UsageError(str(exc)) from None
 
 
+def write_tables(args: SweepOptions) -> None:
+    """The end of every sweep (in process or on a cluster): tables, plots and the report, unless --no-aggregate."""
+    if args.no_aggregate:
+        return
+    from benchmark.report.aggregate import aggregate
+
+    summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
+    say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
+
+
 def finish(sweep: Sweep, outcome: SweepOutcome) -> int:
     """Tables and the closing summary; the exit code says what happened."""
     args = sweep.args
-    if not args.no_aggregate:
-        from benchmark.report.aggregate import aggregate
-
-        summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
-        say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
+    write_tables(args)
     say(
         f"{outcome.completed} run(s) completed, {len(outcome.failed)} failed, {len(outcome.held)} held by another sweep"
     )
@@ -159,6 +165,22 @@ def finish(sweep: Sweep, outcome: SweepOutcome) -> int:
         say(f"{len(outcome.held)} run(s) held by another sweep: run the same command again once it has finished")
         return EXIT_HELD
     return 0
+
+
+def print_plan(suite, recipe: str, pairs, runs: list[PlannedRun], teacher_plan: dict[str, str]) -> None:
+    say(f"suite {suite.name}: {suite.description}")
+    say(
+        f"recipe {recipe}; {len(pairs)} pair(s) x {len({r.method for r in runs})} method(s) x {len({r.seed for r in runs})} seed(s) = {len(runs)} run(s)"
+    )
+    say("teachers:")
+    for name, how in teacher_plan.items():
+        say(f"  {name}: {how}")
+    say("runs:")
+    for run in runs:
+        state, _ = existing_state(run)
+        holder = holder_of(run.run_dir)
+        held = f" (held by {holder})" if holder else ""
+        say(f"  [{state:>11}] {run.label} -> {run.run_dir}{held}")
 
 
 def show_dry_run(sweep: Sweep) -> None:

@@ -1,8 +1,10 @@
-"""What the cluster modules share: job states, exit codes, polling and printing."""
+"""What the cluster modules share: job states, limits and polling (exit codes and printing: the console's)."""
 
 from __future__ import annotations
 
 import os
+
+from benchmark.sweep.console import EXIT_FAILED, EXIT_HELD, say  # noqa: F401  (one table, one printer)
 
 MARKER_FILE = "submitted.json"
 JOBS_DIR = "jobs"  # under --work-dir: submitit's pickles, sbatch files and job logs (<job id>_0_log.out)
@@ -12,7 +14,6 @@ DEFAULT_TIME_LIMIT_MIN = 24 * 60
 LOCAL_TIMEOUT_MIN = 365 * 24 * 60  # LocalExecutor kills a job after its timeout (2 minutes by default)
 SCHEDULER_TIMEOUT_S = 30
 FRESH_SUBMISSION_S = 300  # a job the scheduler does not list yet is taken as queued for this long
-EXIT_FAILED, EXIT_HELD = 1, 3
 
 # Slurm job states: still going (the run may yet execute) vs ended.
 LIVE_STATES = {
@@ -31,10 +32,6 @@ LIVE_STATES = {
     "STOPPED",
 }
 RUNNING, PENDING = "RUNNING", "PENDING"
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def poll_seconds(cluster: str) -> float:

@@ -310,11 +310,9 @@ def _finish(args, assessed: list[Assessment]) -> int:
     failed = sum(a.kind in ("failed", "refused") for a in assessed)
     lost = sum(a.kind == "lost" for a in assessed)
     not_run = len(assessed) - completed - failed - lost
-    if not args.no_aggregate:
-        from benchmark.report.aggregate import aggregate
+    from benchmark.sweep.in_process import write_tables
 
-        summary = aggregate([Path(args.work_dir)], Path(args.tables), Path(args.reports))
-        say(f"tables in {args.tables}/, plots and report in {args.reports}/ ({summary})")
+    write_tables(args)
     say(f"{completed} run(s) completed, {failed} failed, {lost} lost" + (f", {not_run} not run" if not_run else ""))
     if lost or not_run:
         say(
