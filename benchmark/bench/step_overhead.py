@@ -134,6 +134,11 @@ class StepRunner:
                 )
             )
             loss = sum(losses.values())
+        forward_ms = (1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (self._clock() - t2))
+        return self._backward_and_step(loss, t0, wall, forward_ms)
+
+    def _backward_and_step(self, loss: Tensor, t0: float, wall: float, forward_ms: tuple[float, ...]) -> float:
+        """Backward and SGD step, timed; records the phases (the forward ones given) and returns the step (ms)."""
         t3 = self._clock()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -141,8 +146,8 @@ class StepRunner:
         self.optimizer.step()
         t5 = self._clock()
         self.wall_ms.append(1e3 * (time.perf_counter() - wall))
-        for phase, value in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            self.phases[phase].append(1e3 * value)
+        for phase, value in zip(PHASES, (*forward_ms, 1e3 * (t4 - t3), 1e3 * (t5 - t4))):
+            self.phases[phase].append(value)
         return 1e3 * (t5 - t0)
 
     def _model_step(self) -> float:
@@ -156,19 +161,9 @@ class StepRunner:
         t0 = self._clock()
         self.model.measure_time = True
         losses = self.model(b.images, b.target, b.index, b.contrast_index, mode="loss")
-        loss = sum(losses.values())
-        t3 = self._clock()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t4 = self._clock()
-        self.optimizer.step()
-        t5 = self._clock()
-        self.wall_ms.append(1e3 * (time.perf_counter() - wall))
         timing = self.model.last_timing
-        forward = (timing["teacher_forward_ms"], timing["student_forward_ms"], timing["distill_loss_ms"])
-        for phase, value in zip(PHASES, (*forward, 1e3 * (t4 - t3), 1e3 * (t5 - t4))):
-            self.phases[phase].append(value)
-        return 1e3 * (t5 - t0)
+        forward_ms = (timing["teacher_forward_ms"], timing["student_forward_ms"], timing["distill_loss_ms"])
+        return self._backward_and_step(sum(losses.values()), t0, wall, forward_ms)
 
 
 def build_runners(
