@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import benchmark.data  # noqa: F401  (the datasets and the batch preprocessor register themselves there)
 
-from . import hooks, model  # noqa: F401  (the MMEngine registrations: metric, hooks, wrappers, the model)
+from . import cohort, hooks, model  # noqa: F401  (the MMEngine registrations: metrics, hooks, wrappers, models)
 from .config import CONFIG_DIR, RunSpec, apply_run_overlay, build_config
-from .launch import execute
+from .launch import execute, execute_cohort
 from .trainer import STUDENT_EXPORT, new_record, suite_metrics, train
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "apply_run_overlay",
     "build_config",
     "execute",
+    "execute_cohort",
     "new_record",
     "suite_metrics",
     "train",

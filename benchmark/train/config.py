@@ -102,6 +102,9 @@ def classification_config(spec: RunSpec, num_data: int | None) -> Config:
         num_classes=spec.suite.num_classes,
         num_data=num_data,
         data_preprocessor=cfg.pop("data_preprocessor"),
+        # The student's and the method's own random stream, apart from the data stream.
+        stream_seed=spec.seed,
+        stream_name=spec.method,
     )
     cfg.pop("data_root", None)
     cfg.pop("num_classes", None)

@@ -39,6 +39,14 @@ def unwrap(model: Any) -> Any:
     return model.module if is_model_wrapper(model) else model
 
 
+def topk_hits(logits: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) -> list[tuple[bool, ...]]:
+    """Per image: whether the target is among the ``k`` highest logits, for each ``k`` of ``topk``."""
+    k_max = min(max(topk), logits.shape[1])
+    ranked = logits.topk(k_max, dim=1).indices
+    hits = ranked.eq(target.view(-1, 1))
+    return [tuple(row) for row in torch.stack([hits[:, : min(k, k_max)].any(1) for k in topk], dim=1).tolist()]
+
+
 @METRICS.register_module()
 class TopKAccuracy(BaseMetric):
     """Top-k accuracy in percent, from the ``{'logits', 'target'}`` batches of ``predict`` mode."""
@@ -54,12 +62,7 @@ class TopKAccuracy(BaseMetric):
         # repeats so every process gets as many images, and ``collect_results`` trims the
         # gathered results to the dataset's size — which is only right at image granularity.
         for sample in data_samples:
-            logits, target = sample["logits"], sample["target"]
-            k_max = min(max(self.topk), logits.shape[1])
-            ranked = logits.topk(k_max, dim=1).indices
-            hits = ranked.eq(target.view(-1, 1))
-            per_k = torch.stack([hits[:, : min(k, k_max)].any(1) for k in self.topk], dim=1).tolist()
-            self.results.extend(tuple(row) for row in per_k)
+            self.results.extend(topk_hits(sample["logits"], sample["target"], self.topk))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         total = len(results)
@@ -71,7 +74,11 @@ class EpochTracker(Hook):
     priority = "VERY_HIGH"
 
     def before_train_epoch(self, runner) -> None:
-        unwrap(runner.model).epoch = runner.epoch + 1
+        model = unwrap(runner.model)
+        if hasattr(model, "begin_epoch"):  # classification models and cohorts: also their methods' streams
+            model.begin_epoch(runner.epoch + 1, get_rank())
+        else:
+            model.epoch = runner.epoch + 1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -241,10 +248,12 @@ class RunRecordHook(Hook):
         self.record.wall_time_s = self.wall_time()
         self.save(self.record)  # a no-op on ranks other than 0
 
+    def needs_validation(self, epoch: int) -> bool:
+        """Resumed from epoch ``epoch``'s checkpoint, but that epoch was never validated."""
+        return epoch > 0 and epoch not in {p.epoch for p in self.record.curve}
+
     def before_train(self, runner) -> None:
-        validated = {p.epoch for p in self.record.curve}
-        if runner.epoch > 0 and runner.epoch not in validated:
-            # Resumed from epoch k's checkpoint, but epoch k was never validated.
+        if self.needs_validation(runner.epoch):
             runner.val_loop.run()
 
     def before_train_epoch(self, runner) -> None:
@@ -373,8 +382,9 @@ class StepTimingHook(Hook):
         end = time.perf_counter()
         model = unwrap(runner.model)
         if model.measure_time and model.last_timing and self._data_wait is not None:
-            total_ms = 1e3 * (end - self._start)
             timing = model.last_timing
+            # A cohort member's iteration: the shared data and teacher pass plus its own step.
+            total_ms = timing.get("iteration_ms", 1e3 * (end - self._start))
             sample = {
                 "data_wait_ms": 1e3 * self._data_wait,
                 "teacher_forward_ms": timing["teacher_forward_ms"],

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from benchmark.store.atomic import write_text as atomic_write_text
@@ -100,21 +101,14 @@ def _set_aside_old_checkpoints(work_dir: Path, say: Callable[[str], Any]) -> Non
         say(f"    earlier checkpoints in {work_dir} renamed *.abandoned (this run starts over)")
 
 
-def execute(
-    spec: RunSpec,
-    num_data: int,
-    record: RunRecord,
-    resume: bool,
-    progress: Callable[[str], Any] | None = None,
-    hooks: Sequence[Hook] = (),
-    say: Callable[[str], Any] = print,
-) -> RunRecord:
-    """Train one run to the end, or continue it; returns its completed or failed record.
+def prepare(
+    spec: RunSpec, num_data: int, record: RunRecord, resume: bool, say: Callable[[str], Any] = print
+) -> tuple[Config, RunRecord, tuple[int, Path] | None]:
+    """A run's config, its record (fresh unless it resumes) and the checkpoint it resumes from.
 
-    With ``resume``, training continues from the newest checkpoint that loads (torn ones
-    are set aside); without one, or without ``resume``, the run starts over with a fresh
-    record. ``hooks`` are extra MMEngine hooks (e.g. an interruption in tests).
-    """
+    With ``resume``, training continues from the newest checkpoint that loads (torn ones are set
+    aside); without one, or without ``resume``, the run starts over with a fresh record.
+    The record is written as running, the config beside it."""
     cfg = build_config(spec, num_data)
     work_dir = Path(cfg.work_dir)
     checkpoint = newest_loadable_checkpoint(work_dir, say) if resume else None
@@ -130,6 +124,21 @@ def execute(
     atomic_write_text(spec.run_dir / "config.py", cfg.pretty_text)
     record.status, record.failure = "running", None
     write_record(record, spec.run_dir)
+    return cfg, record, checkpoint
+
+
+def execute(
+    spec: RunSpec,
+    num_data: int,
+    record: RunRecord,
+    resume: bool,
+    progress: Callable[[str], Any] | None = None,
+    hooks: Sequence[Hook] = (),
+    say: Callable[[str], Any] = print,
+) -> RunRecord:
+    """Train one run to the end, or continue it (see :func:`prepare`); returns its completed or
+    failed record. ``hooks`` are extra MMEngine hooks (e.g. an interruption in tests)."""
+    cfg, record, checkpoint = prepare(spec, num_data, record, resume, say)
     checkpoint_path = str(checkpoint[1]) if checkpoint else None
     if spec.world_size == 1:
         return train(spec, cfg, record, checkpoint_path, progress, hooks)
@@ -137,4 +146,46 @@ def execute(
     return read_record(spec.run_dir / RECORD_FILE)
 
 
-__all__ = ["execute", "free_port", "train_distributed"]
+def execute_cohort(
+    specs: Sequence[RunSpec],
+    num_data: int,
+    records: Sequence[RunRecord],
+    resume: Sequence[bool],
+    progress: Callable[[str], Any] | None = None,
+    hooks: Sequence[Hook] = (),
+    say: Callable[[str], Any] = print,
+) -> list[RunRecord]:
+    """Train the runs ``specs`` of one (suite, variant, pair, seed) in lockstep cohorts.
+
+    Members that resume from checkpoints of one epoch (or all start fresh) and share their data,
+    schedule length and numerics train together; a member left alone trains as a run alone.
+    Every record names the other members of its cohort (``extra['cohort']``)."""
+    from .cohort import compatible_groups, train_cohort
+
+    prepared = [prepare(s, num_data, r, again, say) for s, r, again in zip(specs, records, resume)]
+    epochs = [checkpoint[0] if checkpoint else 0 for _cfg, _record, checkpoint in prepared]
+    results: dict[int, RunRecord] = {}
+    for same_config in compatible_groups([cfg for cfg, _record, _checkpoint in prepared]):
+        by_epoch: dict[int, list[int]] = {}
+        for index in same_config:
+            by_epoch.setdefault(epochs[index], []).append(index)
+        for group in by_epoch.values():
+            if len(group) == 1:
+                index = group[0]
+                cfg, record, checkpoint = prepared[index]
+                record.extra.pop("cohort", None)
+                path = str(checkpoint[1]) if checkpoint else None
+                results[index] = train(specs[index], cfg, record, path, progress, hooks)
+                continue
+            names = [specs[i].method for i in group]
+            for i in group:
+                prepared[i][1].extra["cohort"] = [n for n in names if n != specs[i].method]
+            checkpoints = {specs[i].method: str(prepared[i][2][1]) for i in group if prepared[i][2]}
+            done = train_cohort(
+                [specs[i] for i in group], [prepared[i][1] for i in group], checkpoints, num_data, progress, hooks
+            )
+            results.update(zip(group, done))
+    return [results[index] for index in range(len(specs))]
+
+
+__all__ = ["execute", "execute_cohort", "free_port", "prepare", "train_distributed"]

@@ -126,6 +126,47 @@ class AtomicCheckpointRunner(Runner):
             super().save_checkpoint(str(tmp.parent), tmp.name, *args, **kwargs)
 
 
+GUARD_HOOKS = ["EpochTracker", "NonFiniteLossGuard", "FaultPoints"]
+
+
+def build_runner(
+    spec: RunSpec,
+    cfg: Config,
+    checkpoint: str | None,
+    custom_hooks: Sequence[str] = GUARD_HOOKS,
+    runner_class: type[Runner] = AtomicCheckpointRunner,
+    name: str | None = None,
+) -> Runner:
+    """MMEngine's Runner for ``cfg`` (one run, or a cohort whose settings ``spec`` shares).
+
+    Built explicitly (not Runner.from_cfg) so every run gets a unique experiment name:
+    MMEngine keys its global logger / message hub / visualiser by that name."""
+    return runner_class(
+        model=cfg.model,
+        work_dir=cfg.work_dir,
+        train_dataloader=cfg.train_dataloader,
+        val_dataloader=cfg.val_dataloader,
+        train_cfg=cfg.train_cfg,
+        val_cfg=cfg.val_cfg,
+        optim_wrapper=cfg.optim_wrapper,
+        param_scheduler=cfg.param_scheduler,
+        val_evaluator=cfg.val_evaluator,
+        default_hooks=cfg.default_hooks,
+        custom_hooks=[dict(type=hook) for hook in custom_hooks],
+        load_from=checkpoint,
+        resume=checkpoint is not None,
+        launcher="pytorch" if spec.world_size > 1 else "none",
+        env_cfg=cfg.env_cfg,
+        log_level=cfg.log_level,
+        randomness=cfg.randomness,
+        visualizer=cfg.get("visualizer"),
+        log_processor=cfg.get("log_processor"),
+        default_scope=cfg.get("default_scope") or "mmengine",
+        experiment_name=f"{spec.suite.name}_{spec.pair.name}_{name or spec.method}_s{spec.seed}_{uuid.uuid4().hex[:8]}",
+        cfg=cfg,
+    )
+
+
 def train(
     spec: RunSpec,
     cfg: Config,
@@ -138,32 +179,7 @@ def train(
     a process group is initialised — and complete the record. Only rank 0 writes files."""
     main_process = get_rank() == 0
     save = (lambda rec: write_record(rec, spec.run_dir)) if main_process else (lambda rec: None)
-    # Built explicitly (not Runner.from_cfg) so every run gets a unique experiment name:
-    # MMEngine keys its global logger / message hub / visualiser by that name.
-    runner = AtomicCheckpointRunner(
-        model=cfg.model,
-        work_dir=cfg.work_dir,
-        train_dataloader=cfg.train_dataloader,
-        val_dataloader=cfg.val_dataloader,
-        train_cfg=cfg.train_cfg,
-        val_cfg=cfg.val_cfg,
-        optim_wrapper=cfg.optim_wrapper,
-        param_scheduler=cfg.param_scheduler,
-        val_evaluator=cfg.val_evaluator,
-        default_hooks=cfg.default_hooks,
-        custom_hooks=[dict(type="EpochTracker"), dict(type="NonFiniteLossGuard"), dict(type="FaultPoints")],
-        load_from=checkpoint,
-        resume=checkpoint is not None,
-        launcher="pytorch" if spec.world_size > 1 else "none",
-        env_cfg=cfg.env_cfg,
-        log_level=cfg.log_level,
-        randomness=cfg.randomness,
-        visualizer=cfg.get("visualizer"),
-        log_processor=cfg.get("log_processor"),
-        default_scope=cfg.get("default_scope") or "mmengine",
-        experiment_name=f"{spec.suite.name}_{spec.pair.name}_{spec.method}_s{spec.seed}_{uuid.uuid4().hex[:8]}",
-        cfg=cfg,
-    )
+    runner = build_runner(spec, cfg, checkpoint)
     timing = StepTimingHook()
     record_hook = RunRecordHook(record, save, progress if main_process else None, metrics=suite_metrics(spec.suite))
     runner.register_hook(EpochSeeder(spec.seed))
@@ -181,8 +197,20 @@ def train(
         record.status, record.failure = "failed", str(exc)
         record_hook.write()
         return record
-    faults.fire("before_finalise", method=spec.method)
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    return complete(spec, record, record_hook, timing, model, main_process)
 
+
+def complete(
+    spec: RunSpec,
+    record: RunRecord,
+    record_hook: RunRecordHook,
+    timing: StepTimingHook,
+    model: Any,
+    main_process: bool = True,
+) -> RunRecord:
+    """After training: check the curve, add the runtime, export the student, mark the record completed."""
+    faults.fire("before_finalise", method=spec.method)
     problem = record.curve_problem()
     if problem:  # never call a run completed whose curve misses an epoch
         record.status, record.failure = "failed", f"training ended with {problem}"
@@ -199,7 +227,6 @@ def train(
     record.finalise_curve()
     record.status = "completed"
     if main_process:
-        model = runner.model.module if hasattr(runner.model, "module") else runner.model
         # The suite's own format (detection: an MMDetection checkpoint), else the community one.
         if spec.suite.export_student(model, spec.run_dir / STUDENT_EXPORT, record) is None:
             save_community_checkpoint(
@@ -212,4 +239,13 @@ def train(
     return record
 
 
-__all__ = ["STUDENT_EXPORT", "AtomicCheckpointRunner", "environment", "new_record", "suite_metrics", "train"]
+__all__ = [
+    "STUDENT_EXPORT",
+    "AtomicCheckpointRunner",
+    "build_runner",
+    "complete",
+    "environment",
+    "new_record",
+    "suite_metrics",
+    "train",
+]

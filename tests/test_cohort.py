@@ -1,0 +1,157 @@
+"""Lockstep cohorts: every member's curve and exported student are bit-identical to its run alone.
+
+The cohort shares the data stream, the batch preprocessing and the teacher's forward; each
+member's randomness comes from its own stream. On CPU the same operations run on the same
+inputs, so the comparisons are exact (``torch.equal``, equal floats): any difference is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark import faults
+from benchmark.models import build_model
+from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.store.records import RunRecord, read_record
+from benchmark.suites import Pair, get_suite
+from benchmark.train import STUDENT_EXPORT, RunSpec, execute, execute_cohort, new_record
+
+SUITE = get_suite("digits")
+PAIR = Pair("small_cnn_w32", "small_cnn_w8")
+EPOCHS = 3
+N_TRAIN = 1438  # the digits training split
+METHODS = ("ce", "kd", "fitnet", "crd", "dkd", "ckd")  # the baseline and the five methods
+
+pytestmark = pytest.mark.xdist_group("cohort")  # the solo runs are one module fixture
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teachers") / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth"
+    save_community_checkpoint(build_model("small_cnn_w32", 10), path)
+    return path
+
+
+def spec_for(method: str, root: Path, teacher: Path, seed: int = 0) -> RunSpec:
+    recipe = SUITE.resolve("unified", PAIR, method)
+    recipe.schedule = recipe.schedule.with_epochs(EPOCHS)
+    return RunSpec(
+        suite=SUITE,
+        pair=PAIR,
+        method=method,
+        recipe=recipe,
+        seed=seed,
+        run_dir=root / PAIR.name / method / f"seed{seed}",
+        teacher_checkpoint=None if method == "ce" else str(teacher),
+        teacher_checkpoint_sha256=None if method == "ce" else "test",
+        num_workers=0,
+    )
+
+
+def comparable(record: RunRecord) -> tuple:
+    curve = [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve]
+    return record.status, curve, record.last_top1, record.best_top1, record.best_epoch
+
+
+def assert_students_equal(a: Path, b: Path) -> None:
+    left = torch.load(a / STUDENT_EXPORT, weights_only=True)["model"]
+    right = torch.load(b / STUDENT_EXPORT, weights_only=True)["model"]
+    assert left.keys() == right.keys()
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def alone(teacher_file, tmp_path_factory) -> dict[str, RunRecord]:
+    """Each method trained alone (``--no-cohort``)."""
+    root = tmp_path_factory.mktemp("alone")
+    done = {}
+    for method in METHODS:
+        spec = spec_for(method, root, teacher_file)
+        done[method] = execute(spec, N_TRAIN, new_record(spec), resume=False, say=quiet)
+        assert done[method].status == "completed", done[method].failure
+    return {"root": root, **done}
+
+
+def train_cohort_at(root: Path, teacher_file: Path, methods=METHODS, resume=False) -> list[RunRecord]:
+    specs = [spec_for(m, root, teacher_file) for m in methods]
+    records = [read_record(s.run_dir / "record.json") if resume else new_record(s) for s in specs]
+    return execute_cohort(specs, N_TRAIN, records, [resume] * len(specs), say=quiet)
+
+
+def assert_identical_to_alone(records: list[RunRecord], root: Path, alone: dict, methods=METHODS) -> None:
+    for method, record in zip(methods, records):
+        assert comparable(record) == comparable(alone[method]), method
+        assert comparable(read_record(root / PAIR.name / method / "seed0" / "record.json")) == comparable(alone[method])
+        assert_students_equal(root / PAIR.name / method / "seed0", alone["root"] / PAIR.name / method / "seed0")
+
+
+def test_every_member_is_bit_identical_to_its_run_alone(alone, teacher_file, tmp_path):
+    records = train_cohort_at(tmp_path, teacher_file)
+    assert_identical_to_alone(records, tmp_path, alone)
+    for method, record in zip(METHODS, records):
+        assert record.extra["cohort"] == [m for m in METHODS if m != method]
+        assert record.images_per_s > 0 and record.runtime["teacher_forward_ms"] >= 0
+        # Its own checkpoints, in its own run directory, as a run alone keeps them (the newest two).
+        assert sorted(e for e, _ in epoch_checkpoints(tmp_path / PAIR.name / method / "seed0" / "mmengine")) == [2, 3]
+
+
+def interrupt_at(monkeypatch, point: str, **wanted) -> None:
+    """Make faults.fire raise KeyboardInterrupt (what SIGINT does) once at ``point``."""
+    state = {"done": False}
+
+    def fire(name: str, **context) -> None:
+        if name == point and not state["done"] and all(context.get(k) == v for k, v in wanted.items()):
+            state["done"] = True
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(faults, "fire", fire)
+
+
+def test_a_cohort_killed_mid_epoch_resumes_to_identical_records(alone, teacher_file, tmp_path, monkeypatch):
+    interrupt_at(monkeypatch, "mid_epoch", epoch=2, iter=5)
+    with pytest.raises(KeyboardInterrupt):
+        train_cohort_at(tmp_path, teacher_file)
+    for method in METHODS:
+        assert read_record(tmp_path / PAIR.name / method / "seed0" / "record.json").status == "running"
+    records = train_cohort_at(tmp_path, teacher_file, resume=True)
+    assert_identical_to_alone(records, tmp_path, alone)
+    assert all(record.extra["attempts"] == 2 for record in records)
+
+
+def test_a_member_interrupted_alone_resumes_in_a_cohort_and_vice_versa(alone, teacher_file, tmp_path, monkeypatch):
+    """The members' checkpoints have the format of a run alone: either can resume the other."""
+    spec = spec_for("dkd", tmp_path, teacher_file)
+    interrupt_at(monkeypatch, "after_validation", epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        execute(spec, N_TRAIN, new_record(spec), resume=False, say=quiet)
+    interrupt_at(monkeypatch, "after_validation", epoch=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_cohort_at(tmp_path, teacher_file, methods=("kd", "crd"))
+    # dkd (alone) and kd, crd (a cohort) all hold epoch 1: they resume as one cohort of three.
+    records = train_cohort_at(tmp_path, teacher_file, methods=("kd", "crd", "dkd"), resume=True)
+    assert_identical_to_alone(records, tmp_path, alone, methods=("kd", "crd", "dkd"))
+    assert records[2].extra["cohort"] == ["kd", "crd"]
+
+
+def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_go_on(alone, teacher_file, tmp_path, monkeypatch):
+    monkeypatch.setenv(faults.ENV, "nan_loss NAN epoch=2 iter=3 method=dkd")
+    monkeypatch.setitem(faults._state, "fired", False)
+    monkeypatch.setitem(faults._state, "seen", 0)
+    methods = ("kd", "dkd", "ckd")
+    records = train_cohort_at(tmp_path, teacher_file, methods=methods)
+    failed = records[1]
+    assert failed.status == "failed" and failed.failure == "loss became nan at epoch 2, iteration 3"
+    assert [p.epoch for p in failed.curve] == [1]
+    assert not (tmp_path / PAIR.name / "dkd" / "seed0" / STUDENT_EXPORT).exists()
+    for method, record in zip(methods, records):
+        if method != "dkd":
+            assert comparable(record) == comparable(alone[method]), method
