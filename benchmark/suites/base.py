@@ -148,6 +148,9 @@ class Suite:
     table_metrics: tuple[str, ...] = ()
     metric_title: str = ""
     table_notes: tuple[str, ...] = ()
+    # Why this suite's runs train alone even without --no-cohort; None: the runs of one (variant,
+    # pair, seed) train as a lockstep cohort (one data stream, one teacher forward per batch).
+    solo_reason: str | None = None
 
     # ------------------------------------------------------------------ hooks with defaults
 

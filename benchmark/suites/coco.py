@@ -322,5 +322,7 @@ SUITE = register_suite(
         # COCO teachers are MMDetection checkpoints; training one (12 epochs of R-101) only with --train-teachers.
         trains_missing_teachers=False,
         table_notes=TABLE_NOTES,
+        solo_reason="COCO runs train alone: the teacher's RoI pass runs on each student's own proposals, "
+        "so only its backbone/FPN forward could be shared",
     )
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -141,6 +142,75 @@ def execute_claimed(
         raise UsageError(str(exc)) from None
 
 
+def execute_cohort_claimed(
+    cohort: list[PlannedRun],
+    prefixes: list[str],
+    sweep: Sweep,
+    teachers: dict,
+    held_teachers: dict,
+    num_data: int,
+    progress: "Progress",
+    outcome: SweepOutcome,
+) -> None:
+    """The runs of one cohort, each under its own claim: those still to train, train together."""
+    from benchmark.data import DatasetNotFoundError
+    from benchmark.store.checkpoints import CheckpointError
+    from benchmark.store.claims import ClaimHeld
+    from benchmark.train import execute_cohort
+
+    args = sweep.args
+    with contextlib.ExitStack() as claims:
+        members = []
+        for run, prefix in zip(cohort, prefixes):
+            if run.method != BASELINE and run.pair.teacher in held_teachers:
+                say(f"{prefix}: its teacher is held by another sweep ({held_teachers[run.pair.teacher]}); skipped")
+                outcome.held.append(run.label)
+                progress.finished(run, None)
+                continue
+            try:
+                claims.enter_context(claim(run.run_dir, say))
+            except ClaimHeld as held:
+                say(f"{prefix}: held by another sweep ({held.holder}); skipped")
+                outcome.held.append(run.label)
+                progress.finished(run, None)
+                continue
+            try:
+                admitted = admit(run, prefix, args, sweep.suite, sweep.stage, teachers, progress, outcome)
+            except (CheckpointError, DatasetNotFoundError) as exc:
+                raise UsageError(str(exc)) from None
+            if admitted is not None:
+                members.append((run, prefix, *admitted))
+        if not members:
+            return
+        runs = [member[0] for member in members]
+        say(
+            f"cohort {runs[0].pair.name} seed{runs[0].seed}: "
+            + ", ".join(
+                f"{run.method} ({'resuming' if member[4] else 'starting'})" for run, member in zip(runs, members)
+            )
+            + f" in one process | {progress.eta()}"
+        )
+        started = time.perf_counter()
+        try:
+            records = execute_cohort(
+                [m[2] for m in members],
+                num_data,
+                [m[3] for m in members],
+                [m[4] for m in members],
+                progress=progress_printer(args, runs),
+                say=say,
+            )
+        except (UsageError, CheckpointError, DatasetNotFoundError):
+            raise
+        except Exception as exc:  # a crash takes the whole process: every member's record says so
+            records = [m[3] for m in members]
+            for run, record in zip(runs, records):
+                crashed(run, record, exc)
+        share = (time.perf_counter() - started) / len(members)  # for the ETA: the cohort's time per run
+        for (run, prefix, *_rest), record in zip(members, records):
+            report(run, prefix, record, share, progress, outcome)
+
+
 def write_tables(args: SweepOptions) -> None:
     """The end of every sweep (in process or on a cluster): tables, plots and the report, unless --no-aggregate."""
     if args.no_aggregate:
@@ -205,18 +275,16 @@ def run_sweep(args: SweepOptions) -> int:
     preflight(sweep)
     num_data, teachers, held_teachers = prepare_teachers(sweep)
     outcome, progress = SweepOutcome(), Progress(sweep.runs)
-    say(f"{len(sweep.runs)} run(s) planned in {args.work_dir}")
-    for number, run in enumerate(sweep.runs, 1):
-        execute_claimed(
-            run,
-            f"[{number}/{len(sweep.runs)}] {run.label}",
-            sweep,
-            teachers,
-            held_teachers,
-            num_data,
-            progress,
-            outcome,
-        )
+    cohorts = sweep.cohorts()
+    together = f"; {len(cohorts)} cohort(s)" if not sweep.solo_reason else ""
+    say(f"{len(sweep.runs)} run(s) planned in {args.work_dir}{together}")
+    numbers = {id(run): number for number, run in enumerate(sweep.runs, 1)}
+    for cohort in cohorts:
+        prefixes = [f"[{numbers[id(run)]}/{len(sweep.runs)}] {run.label}" for run in cohort]
+        if len(cohort) == 1:
+            execute_claimed(cohort[0], prefixes[0], sweep, teachers, held_teachers, num_data, progress, outcome)
+        else:
+            execute_cohort_claimed(cohort, prefixes, sweep, teachers, held_teachers, num_data, progress, outcome)
     return finish(sweep, outcome)
 
 
@@ -286,6 +354,64 @@ def print_configs(sweep: Sweep) -> None:
         say(cfg.pretty_text)
 
 
+def admit(
+    run: PlannedRun, prefix: str, args, suite, stage, teachers: dict, progress: "Progress", outcome: SweepOutcome
+):
+    """A claimed run's state decides: skip it (None) or train it (its spec, record and whether it resumes)."""
+    from benchmark.train import new_record
+
+    state, record = existing_state(run)  # read only now that the run is ours
+    if state == "completed":
+        say(f"{prefix}: done before ({record.headline(best=False)}), skipped")
+        outcome.completed += 1
+        progress.finished(run, None)
+        return None
+    if state == "failed" and not args.retry_failed:
+        say(f"{prefix}: failed before ({record.failure}); --retry-failed runs it again")
+        outcome.failed.append(run.label)
+        progress.finished(run, None)
+        return None
+    if state == "interrupted" and not args.resume:
+        raise UsageError(f"{run.run_dir} holds an interrupted run; rerun with --resume to continue it")
+    if state == "failed":
+        (run.run_dir / RECORD_FILE).replace(run.run_dir / "record.failed.json")
+    teacher = teachers.get(run.pair.teacher) if run.method != BASELINE else None
+    spec = run_spec(run, args, suite, stage, teacher)
+    resume = state == "interrupted"
+    if record is None or not resume:
+        record = new_record(spec)
+    return spec, record, resume
+
+
+def crashed(run: PlannedRun, record, exc: Exception) -> None:
+    """A bug or a crash inside a run: its traceback in error.log, the record failed in one line."""
+    (run.run_dir / "error.log").write_text(traceback.format_exc())
+    record.status, record.failure = (
+        "failed",
+        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in error.log)",
+    )
+    write_record(record, run.run_dir)
+
+
+def report(run: PlannedRun, prefix: str, record, elapsed: float, progress: "Progress", outcome: SweepOutcome) -> None:
+    progress.finished(run, elapsed)
+    if record.status == "completed":
+        outcome.completed += 1
+        say(
+            f"{prefix}: {record.headline()} in {elapsed:.1f}s ({record.images_per_s or 0:.0f} img/s) | {progress.eta()}"
+        )
+    else:
+        outcome.failed.append(run.label)
+        say(f"{prefix}: FAILED: {record.failure}")
+
+
+def progress_printer(args, runs: list[PlannedRun]):
+    """Per-epoch lines with --verbose or for long schedules, else None."""
+    if args.verbose or any(run.recipe.schedule.epochs >= 20 for run in runs):
+        return lambda line: say("    " + line)
+    return None
+
+
 def run_one(
     run: PlannedRun,
     prefix: str,
@@ -300,49 +426,18 @@ def run_one(
     """One planned run, under its claim: skip, resume or start it, and record the outcome."""
     from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
-    from benchmark.train import execute, new_record
+    from benchmark.train import execute
 
-    state, record = existing_state(run)  # read only now that the run is ours
-    if state == "completed":
-        say(f"{prefix}: done before ({record.headline(best=False)}), skipped")
-        outcome.completed += 1
-        progress.finished(run, None)
+    admitted = admit(run, prefix, args, suite, stage, teachers, progress, outcome)
+    if admitted is None:
         return
-    if state == "failed" and not args.retry_failed:
-        say(f"{prefix}: failed before ({record.failure}); --retry-failed runs it again")
-        outcome.failed.append(run.label)
-        progress.finished(run, None)
-        return
-    if state == "interrupted" and not args.resume:
-        raise UsageError(f"{run.run_dir} holds an interrupted run; rerun with --resume to continue it")
-    if state == "failed":
-        (run.run_dir / RECORD_FILE).replace(run.run_dir / "record.failed.json")
-    teacher = teachers.get(run.pair.teacher) if run.method != BASELINE else None
-    spec = run_spec(run, args, suite, stage, teacher)
-    resume = state == "interrupted"
-    if record is None or not resume:
-        record = new_record(spec)
+    spec, record, resume = admitted
     say(f"{prefix}: {'resuming' if resume else 'starting'} | {progress.eta()}")
     started = time.perf_counter()
-    show = (lambda line: say("    " + line)) if (args.verbose or run.recipe.schedule.epochs >= 20) else None
     try:
-        record = execute(spec, num_data, record, resume=resume, progress=show, say=say)
+        record = execute(spec, num_data, record, resume=resume, progress=progress_printer(args, [run]), say=say)
     except (UsageError, CheckpointError, DatasetNotFoundError):
         raise  # the user's to fix: one line, and the sweep stops
     except Exception as exc:  # a bug or a crash inside one run: record it, keep the sweep going
-        (run.run_dir / "error.log").write_text(traceback.format_exc())
-        record.status, record.failure = (
-            "failed",
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (traceback in error.log)",
-        )
-        write_record(record, run.run_dir)
-    elapsed = time.perf_counter() - started
-    progress.finished(run, elapsed)
-    if record.status == "completed":
-        outcome.completed += 1
-        say(
-            f"{prefix}: {record.headline()} in {elapsed:.1f}s ({record.images_per_s or 0:.0f} img/s) | {progress.eta()}"
-        )
-    else:
-        outcome.failed.append(run.label)
-        say(f"{prefix}: FAILED: {record.failure}")
+        crashed(run, record, exc)
+    report(run, prefix, record, time.perf_counter() - started, progress, outcome)

@@ -122,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --nproc > 1: CKD negatives from the global batch (default) or only the process's batch, as DataParallel did",
     )
     scale.add_argument(
+        "--no-cohort",
+        action="store_true",
+        help="train every run alone; by default the methods of one (pair, seed) train as a lockstep cohort "
+        "in one process (one data stream, one teacher forward per batch; each run's numbers unchanged)",
+    )
+    scale.add_argument(
+        "--cohort-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N runs per cohort (memory: N students and optimizers at once; default all methods)",
+    )
+    scale.add_argument(
         "--cluster", choices=("local", "slurm"), help="submit one job per run through submitit instead of running here"
     )
     scale.add_argument(
@@ -187,6 +200,8 @@ class SweepOptions:
     channels_last: bool = False
     tensorboard: bool = False
     nproc: int = 1
+    no_cohort: bool = False
+    cohort_size: int | None = None
     sync_bn: bool = False
     ckd_contrast: str = "global"
     cluster: str | None = None

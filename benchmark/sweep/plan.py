@@ -69,6 +69,8 @@ def resolve_plan(args: SweepOptions):
         )
     if args.seeds < 1:
         raise UsageError("--seeds must be at least 1")
+    if args.cohort_size is not None and args.cohort_size < 1:
+        raise UsageError("--cohort-size must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise UsageError("--epochs must be at least 1")
     try:
@@ -170,6 +172,32 @@ class Sweep:
     @property
     def needs_teacher(self) -> bool:
         return any(run.method != BASELINE for run in self.runs)
+
+    @property
+    def solo_reason(self) -> str | None:
+        """Why this sweep's runs train alone, or None: they train in lockstep cohorts."""
+        if self.args.no_cohort:
+            return "--no-cohort"
+        if self.args.nproc > 1:
+            return "with --nproc > 1 every run trains alone (cohorts are one-process for now)"
+        return self.suite.solo_reason
+
+    def cohorts(self) -> list[list[PlannedRun]]:
+        """The planned runs grouped into cohorts: one (variant, pair, seed), at most --cohort-size
+        runs each, in plan order; one run per group when the runs train alone."""
+        if self.solo_reason:
+            return [[run] for run in self.runs]
+        return cohorts_of(self.runs, self.args.cohort_size)
+
+
+def cohorts_of(runs: list[PlannedRun], size: int | None = None) -> list[list[PlannedRun]]:
+    """Runs of one (suite, recipe variant, pair, seed) — ``<variant>/<pair>/<method>/seed<k>`` — that
+    differ only by method, in plan order, split into groups of at most ``size``."""
+    groups: dict[tuple[Path, str], list[PlannedRun]] = {}
+    for run in runs:
+        groups.setdefault((run.run_dir.parent.parent, run.run_dir.name), []).append(run)
+    step = size or max((len(group) for group in groups.values()), default=1)
+    return [group[i : i + step] for group in groups.values() for i in range(0, len(group), step)]
 
 
 def plan_sweep(args: SweepOptions) -> Sweep:
