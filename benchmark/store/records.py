@@ -25,8 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: top-1/top-5 only (before detection suites); 2: the suite's metrics
+SCHEMA_VERSION = 3
+# 1: top-1/top-5 only (before detection suites); 2: the suite's metrics; 3: a classification run's
+# method draws from its own random stream (student init, its step), apart from the data stream —
+# what lockstep cohorts need; the same seed then draws other initial weights than under 1 and 2.
+READABLE_VERSIONS = (1, 2, 3)
+METHOD_STREAMS_SCHEMA = 3
 RECORD_FILE = "record.json"
 STATUSES = ("running", "completed", "failed")
 # Method names used for the rows that are not distillation methods.
@@ -144,6 +148,12 @@ class RunRecord:
         if name in self.best_metrics:
             return self.best_metrics[name]
         return getattr(self, f"best_{name}") if name in CLASSIFICATION_METRICS else None
+
+    @property
+    def predates_method_streams(self) -> bool:
+        """A classification run recorded before each method drew from its own stream (schema < 3):
+        its seed drew other initial weights, so it never shares a table cell with newer runs."""
+        return self.schema_version < METHOD_STREAMS_SCHEMA and set(self.metric_names) <= set(CLASSIFICATION_METRICS)
 
     def headline(self, best: bool = True) -> str:
         """For progress lines: ``top-1 last 71.20 best 72.05`` (``mAP last 30.10 best 30.10`` for

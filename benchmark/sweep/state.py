@@ -56,6 +56,13 @@ def _from_record(run_dir: Path, recipe_hash: str) -> RunState:
             f"{run_dir} holds a run of another recipe (hash {record.recipe_hash}, "
             f"now {recipe_hash}); use another --work-dir",
         )
+    if record.predates_method_streams:
+        return RunState(
+            "refused",
+            record,
+            f"{run_dir} holds a run recorded before per-method random streams (schema "
+            f"{record.schema_version}); its seed drew other weights: use another --work-dir",
+        )
     return RunState("interrupted" if record.status == "running" else record.status, record)
 
 

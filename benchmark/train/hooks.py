@@ -191,6 +191,12 @@ def method_of(runner) -> str | None:
     return with_method or (runner.cfg.get("model", {}).get("method", {}) or {}).get("type")
 
 
+def methods_of(runner) -> list[str | None]:
+    """The methods training in this runner: a cohort's active members, else the run's one."""
+    model = unwrap(runner.model)
+    return list(model.active) if hasattr(model, "active") else [method_of(runner)]
+
+
 def metric_values(metrics: dict[str, float] | None, specs: Sequence[Metric]) -> dict[str, float | None] | None:
     """The suite's metrics (record names, scaled) from MMEngine's validation results; None when
     the validation reported none of them and the suite has no value for that case."""
@@ -314,10 +320,12 @@ class FaultPoints(Hook):
     priority = "LOWEST"  # after CheckpointHook: the epoch's checkpoint is on disk
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        faults.fire("mid_epoch", epoch=runner.epoch + 1, iter=batch_idx + 1, method=method_of(runner))
+        for method in methods_of(runner):
+            faults.fire("mid_epoch", epoch=runner.epoch + 1, iter=batch_idx + 1, method=method)
 
     def after_train_epoch(self, runner) -> None:
-        faults.fire("after_checkpoint", epoch=runner.epoch + 1, method=method_of(runner))
+        for method in methods_of(runner):
+            faults.fire("after_checkpoint", epoch=runner.epoch + 1, method=method)
 
 
 def batch_images(data_batch: Any) -> int:

@@ -86,6 +86,7 @@ class DistillationModel(BaseModel):
                 raise ValueError(f"method {method['type']!r} needs a teacher and its checkpoint")
             else:
                 self.teacher = load_frozen_teacher(teacher, teacher_checkpoint, num_classes)
+        self.method_name = method["type"]  # the registry name (fault-injection contexts)
         self.stream = None if stream_seed is None else streams.MethodStream(stream_seed, stream_name or method["type"])
         own_init = (
             streams.seeded(streams.stream_seed(self.stream.seed, self.stream.name)) if self.stream else nullcontext()
