@@ -155,3 +155,16 @@ def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_go_on(alone,
     for method, record in zip(methods, records):
         if method != "dkd":
             assert comparable(record) == comparable(alone[method]), method
+
+
+def test_the_cohort_benchmark_measures_both_arms_in_fresh_processes():
+    from benchmark.bench.cohort import measure, to_markdown
+
+    result = measure("digits", steps=1, warmup=0, device="cpu", amp=False, threads=1)
+    for arm in ("alone", "cohort"):
+        assert result[arm]["images_per_s"] > 0 and result[arm]["peak_memory_mb"] > 0
+    assert result["speedup"] == round(result["alone"]["seconds"] / result["cohort"]["seconds"], 3)
+    markdown = to_markdown(
+        {"env": {"device": "cpu", "torch": "x", "threads": 1, "date": "d"}, "amp": False, "results": [result]}
+    )
+    assert "| digits | small_cnn_w32 -> small_cnn_w8 |" in markdown

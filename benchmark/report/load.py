@@ -165,7 +165,8 @@ def _row(path: Path, rec) -> dict[str, Any]:
         "student": _str(rec.student),
         "method": _str(rec.method),
         # Runs from before per-method streams form their own rows (the same seed drew other weights).
-        "recipe": (_str(rec.recipe, "unified") or "unified") + (" (pre-v3 streams)" if rec.predates_method_streams else ""),
+        "recipe": (_str(rec.recipe, "unified") or "unified")
+        + (" (pre-v3 streams)" if rec.predates_method_streams else ""),
         "recipe_hash": _str(rec.recipe_hash),
         "seed": _int(rec.seed),
         "epochs": _int(rec.epochs),
