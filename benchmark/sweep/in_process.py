@@ -288,23 +288,29 @@ def run_sweep(args: SweepOptions) -> int:
     return finish(sweep, outcome)
 
 
-def run_single(args: SweepOptions, run_dir: str) -> int:
-    """Execute the one planned run whose directory is ``run_dir`` (the job of a cluster executor).
+def run_single(args: SweepOptions, run_dir: str | list[str]) -> int:
+    """Execute the planned run whose directory is ``run_dir`` — or the cohort of those listed —
+    (the job of a cluster executor).
 
-    The same plan, teacher stage and :func:`execute_claimed` as the in-process sweep; returns
-    0 completed (or done before), 1 failed, 3 held by another process.
+    The same plan, teacher stage and claims as the in-process sweep; returns 0 completed (or done
+    before), 1 failed, 3 held by another process.
     """
     sweep = plan_sweep(args)
-    matching = [run for run in sweep.runs if Path(run.run_dir) == Path(run_dir)]
-    if not matching:
-        raise UsageError(f"{run_dir} is not a run of this sweep's plan")
-    run = matching[0]
-    sweep.runs = [run]
-    sweep.pairs = [run.pair]
+    wanted = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(d) for d in run_dir]
+    matching = [run for run in sweep.runs if Path(run.run_dir) in wanted]
+    missing = sorted(set(map(str, wanted)) - {str(Path(run.run_dir)) for run in matching})
+    if missing:
+        raise UsageError(f"{missing[0]} is not a run of this sweep's plan")
+    sweep.runs = matching
+    sweep.pairs = list({id(run.pair): run.pair for run in matching}.values())
     preflight(sweep)
     num_data, teachers, held_teachers = prepare_teachers(sweep)
-    outcome = SweepOutcome()
-    execute_claimed(run, run.label, sweep, teachers, held_teachers, num_data, Progress([run]), outcome)
+    outcome, progress = SweepOutcome(), Progress(matching)
+    labels = [run.label for run in matching]
+    if len(matching) == 1:
+        execute_claimed(matching[0], labels[0], sweep, teachers, held_teachers, num_data, progress, outcome)
+    else:
+        execute_cohort_claimed(matching, labels, sweep, teachers, held_teachers, num_data, progress, outcome)
     return EXIT_FAILED if outcome.failed else EXIT_HELD if outcome.held else 0
 
 

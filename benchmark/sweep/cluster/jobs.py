@@ -57,7 +57,7 @@ def _this_job_id() -> str:
 
 
 class RunJob(Checkpointable):
-    """One planned run as a submitit job: ``RunJob(cwd)(options, run_dir)``.
+    """One planned run — or one cohort of runs, ``run_dir`` a list — as a submitit job: ``RunJob(cwd)(options, run_dir)``.
 
     With the sweep's :class:`SweepOptions`, calls :func:`benchmark.sweep.in_process.run_single` — the function
     every executor uses — in the submitter's working directory (relative paths mean the same).
@@ -67,7 +67,7 @@ class RunJob(Checkpointable):
     def __init__(self, cwd: str) -> None:
         self.cwd = cwd
 
-    def __call__(self, options: SweepOptions, run_dir: str) -> int:
+    def __call__(self, options: SweepOptions, run_dir: str | list[str]) -> int:
         from benchmark.store.claims import holder_of
         from benchmark.store.records import read_record
         from benchmark.sweep.console import EXIT_HELD as HELD
@@ -76,7 +76,8 @@ class RunJob(Checkpointable):
 
         os.chdir(self.cwd)
         args = _job_options(options)
-        say(f"job {_this_job_id()} on {socket.gethostname()}: {run_dir}")
+        run_dirs = [run_dir] if isinstance(run_dir, str) else list(run_dir)  # a list: one cohort
+        say(f"job {_this_job_id()} on {socket.gethostname()}: {', '.join(run_dirs)}")
         waited = False
         for _attempt in range(100):
             try:
@@ -86,16 +87,15 @@ class RunJob(Checkpointable):
                 raise
             if code != HELD:
                 return code
-            holder = holder_of(run_dir)
-            if holder:  # another job executes it: never twice
+            if any(holder_of(d) for d in run_dirs):  # another job executes (some of) them: never twice
                 return code
-            record = Path(run_dir) / RECORD_FILE
-            if record.exists() and read_record(record).status == "completed":
+            records = [Path(d) / RECORD_FILE for d in run_dirs]
+            if all(r.exists() and read_record(r).status == "completed" for r in records):
                 return 0
-            # Not the run but its teacher was held (another job checking it, or a sweep training
+            # Not the runs but their teacher was held (another job checking it, or a sweep training
             # it): wait until the teacher is free, then go again.
             sweep = plan_sweep(args)
-            run = next(r for r in sweep.runs if Path(r.run_dir) == Path(run_dir))
+            run = next(r for r in sweep.runs if Path(r.run_dir) == Path(run_dirs[0]))
             teacher_dir = sweep.stage.run_dir(run.pair.teacher)
             while holder_of(teacher_dir):
                 if not waited:
@@ -103,10 +103,10 @@ class RunJob(Checkpointable):
                     waited = True
                 time.sleep(poll_seconds("local") * 2)
             time.sleep(0.5 + (os.getpid() % 7) / 10)
-        say(f"{run_dir}: its teacher stayed busy; giving up (submit again)")
+        say(f"{', '.join(run_dirs)}: the teacher stayed busy; giving up (submit again)")
         return HELD
 
-    def checkpoint(self, options: SweepOptions, run_dir: str):  # noqa: D401 (submitit's hook)
+    def checkpoint(self, options: SweepOptions, run_dir: str | list[str]):  # noqa: D401 (submitit's hook)
         """Time limit or preemption: requeue this job unchanged; it resumes from the last epoch checkpoint."""
         say(f"checkpoint: requeueing {run_dir}; it resumes from its newest epoch checkpoint")
         return super().checkpoint(options, run_dir)

@@ -72,6 +72,24 @@ def _classify_for_submission(
     return take, skipped, refused
 
 
+def _job_units(sweep, take: list[Row]) -> list[list[Row]]:
+    """The jobs to submit: one per cohort of the runs to take (one per run when they train alone)."""
+    from benchmark.sweep.plan import cohorts_of
+
+    if sweep.solo_reason:
+        return [[row] for row in take]
+    by_dir = {row.run_dir: row for row in take}
+    return [
+        [by_dir[run.run_dir] for run in group]
+        for group in cohorts_of([row.run for row in take], sweep.args.cohort_size)
+    ]
+
+
+def _job_argument(unit: list[Row]) -> str | list[str]:
+    """What RunJob receives: a run directory, or the list of a cohort's."""
+    return str(unit[0].run_dir) if len(unit) == 1 else [str(row.run_dir) for row in unit]
+
+
 def _skipped_text(skipped: dict[str, list[str]]) -> str:
     order = [
         "completed",
@@ -122,15 +140,17 @@ def submit_sweep(args: SweepOptions) -> int:
     take, skipped, refused = _classify_for_submission(runs, _view_for(runs), args)  # again: the teacher stage took time
     if refused:
         raise UsageError(refused[0])
-    queue: list[Row] = []
+    queue: list[list[Row]] = []
+    units = _job_units(sweep, take)
     if not take:
         say(f"nothing to submit: {_skipped_text(skipped) or 'no runs'}")
     elif isinstance(backend, SlurmBackend):
         jobs = backend.submit(
-            RunJob(cwd), [(job_opts, str(row.run_dir)) for row in take], f"kd-{sweep.suite.name}", dependency
+            RunJob(cwd), [(job_opts, _job_argument(unit)) for unit in units], f"kd-{sweep.suite.name}", dependency
         )
-        for row, job in zip(take, jobs):
-            write_marker(row.run_dir, "slurm", job.job_id, _job_log(backend.folder, job.job_id))
+        for unit, job in zip(units, jobs):
+            for row in unit:  # every member of a cohort names its job
+                write_marker(row.run_dir, "slurm", job.job_id, _job_log(backend.folder, job.job_id))
         array = jobs[0].job_id.split("_")[0]
         shape = (
             f"array job {array} (tasks 0-{len(jobs) - 1}, at most {min(len(jobs), backend.parallelism or 256)} at once)"
@@ -138,18 +158,19 @@ def submit_sweep(args: SweepOptions) -> int:
             else f"job {array}"
         )
         after = f", after {dependency}" if dependency else ""
-        say(f"submitted {len(take)} run(s) as {shape}: {backend.describe()}{after}")
+        cohorts = f" ({len(units)} cohort job(s))" if len(units) < len(take) else ""
+        say(f"submitted {len(take)} run(s){cohorts} as {shape}: {backend.describe()}{after}")
         if skipped:
             say(f"not submitted: {_skipped_text(skipped)}")
     else:
-        queue = list(take)
+        queue = list(units)
         submitted = _local_fill(backend, queue, job_opts, cwd, args)
         say(f"submitted {len(submitted)} run(s) as local job(s) {', '.join(submitted) or '-'} ({backend.describe()})")
         if skipped:
             say(f"not submitted: {_skipped_text(skipped)}")
         if queue and not args.wait:
             say(
-                f"{len(queue)} run(s) left for later: the local executor runs {backend.parallelism} at once and has no queue; "
+                f"{sum(len(unit) for unit in queue)} run(s) left for later: the local executor runs {backend.parallelism} at once and has no queue; "
                 f"run the same command again when these have ended, or add --wait"
             )
             queue = []
@@ -199,18 +220,23 @@ def _teacher_stage(backend, sweep, teachers: list[Row], job_opts: SweepOptions, 
 
 
 def _local_fill(
-    backend: LocalBackend, queue: list[Row], job_opts: SweepOptions, cwd: str, args: SweepOptions
+    backend: LocalBackend, queue: list[list[Row]], job_opts: SweepOptions, cwd: str, args: SweepOptions
 ) -> list[str]:
-    """Submit queued runs into free local slots, each checked again just before (never twice)."""
+    """Submit queued jobs (a run, or a cohort's runs) into free local slots, each run checked again
+    just before (never twice)."""
     submitted = []
     for slot in backend.free_slots():
         while queue:
-            row = queue.pop(0)
-            a = row.assess(SchedulerView())
-            if not a.submittable or (a.kind == "failed" and not args.retry_failed):
-                continue  # taken meanwhile (another submission) or done: nothing to do here
-            job = backend.submit_one(slot, RunJob(cwd), (job_opts, str(row.run_dir)))
-            write_marker(row.run_dir, "local", job.job_id, _job_log(backend.folder, job.job_id))
+            unit = []
+            for row in queue.pop(0):
+                a = row.assess(SchedulerView())
+                if a.submittable and not (a.kind == "failed" and not args.retry_failed):
+                    unit.append(row)  # else taken meanwhile (another submission) or done
+            if not unit:
+                continue
+            job = backend.submit_one(slot, RunJob(cwd), (job_opts, _job_argument(unit)))
+            for row in unit:
+                write_marker(row.run_dir, "local", job.job_id, _job_log(backend.folder, job.job_id))
             submitted.append(job.job_id)
             break
     return submitted
@@ -247,7 +273,14 @@ class LiveLine:
 
 
 def _wait(
-    args, sweep, backend, teachers: list[Row], runs: list[Row], queue: list[Row], job_opts: SweepOptions, cwd: str
+    args,
+    sweep,
+    backend,
+    teachers: list[Row],
+    runs: list[Row],
+    queue: list[list[Row]],
+    job_opts: SweepOptions,
+    cwd: str,
 ) -> int:
     """``--wait``: one live progress line until every run has ended, then the tables."""
     from benchmark.sweep.console import format_duration
@@ -273,7 +306,7 @@ def _wait(
             if final and announced.get(row.run_dir) != a.kind:
                 announced[row.run_dir] = a.kind
                 line.event(f"{a.kind}: {row.name}: {a.detail}")
-        queued = {row.run_dir for row in queue}
+        queued = {row.run_dir for unit in queue for row in unit}
         waiting = [
             a
             for row, a in assessed
