@@ -296,7 +296,8 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
     out = capsys.readouterr().out
     assert "teacher small_cnn_w32: submitted as job 4242" in out, out
     assert (
-        "submitted 4 run(s) as array job 4243 (tasks 0-3, at most 3 at once)" in out and "after afterok:4242" in out
+        "submitted 4 run(s) (2 cohort job(s)) as array job 4243 (tasks 0-1, at most 2 at once)" in out
+        and "after afterok:4242" in out
     ), out
     assert "--status" in out and "--cluster" not in out.split("watch with:")[1], out
     assert sbatch_calls(fake_slurm) == ["4242", "4243"]
@@ -329,13 +330,15 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
         and "--dependency" not in teacher_sh
         and "#SBATCH --job-name=kd-digits-teachers\n" in teacher_sh
     )
-    assert "#SBATCH --array=0-3%3\n" in runs_sh and "#SBATCH --dependency=afterok:4242\n" in runs_sh, runs_sh
+    assert "#SBATCH --array=0-1%2\n" in runs_sh and "#SBATCH --dependency=afterok:4242\n" in runs_sh, runs_sh
     assert "#SBATCH --kill-on-invalid-dep=yes\n" in runs_sh and "#SBATCH --job-name=kd-digits\n" in runs_sh
     assert re.search(r"#SBATCH --output=.*/jobs/%A_%a_0_log\.out", runs_sh), runs_sh
 
-    # What each array task runs: RunJob(cwd)(options, run_dir) with the sweep's options, --no-aggregate, no --cluster.
-    planned = [str(run.run_dir) for run in plan_sweep(parse_args(sweep_args)).runs]
-    assert len(planned) == 4
+    # What each array task runs: RunJob(cwd)(options, run_dirs) with the sweep's options, --no-aggregate, no
+    # --cluster; one task per cohort (the methods of one seed).
+    runs = plan_sweep(parse_args(sweep_args)).runs
+    assert len(runs) == 4
+    planned = [[str(run.run_dir) for run in runs if run.seed == seed] for seed in (0, 1)]
     for index, expected in enumerate(planned):
         delayed = DelayedSubmission.load(work / "jobs" / f"4243_{index}_submitted.pkl")
         assert isinstance(delayed.function, RunJob) and delayed.function.cwd == os.getcwd()
