@@ -373,22 +373,25 @@ def test_slurm_submission_teacher_job_then_a_dependent_array(fake_slurm, tmp_pat
     (fake_slurm.parent / "fake_slurm.down").unlink()
     assert sbatch_calls(fake_slurm) == ["4242", "4243"]
 
-    # One task ended without starting its run: the status says lost, and only that run is submitted again.
+    # One task (a cohort) ended without starting its runs: the status says lost for each member, and
+    # only those runs are submitted again, as one cohort job.
     with (fake_slurm.parent / "fake_slurm.states").open("a") as states:
         states.write("4243_0|RUNNING\n4243_1|CANCELLED by 1000\n")
     assert main([*sweep_args, "--status"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"\[\s*pending\] .*kd/seed0: job 4243_0 is starting", out), out
-    assert re.search(r"\[\s*lost\] .*kd/seed1: job 4243_1 ended CANCELLED before starting the run", out), out
-    assert re.search(r"\[\s*pending\] .*dkd/seed0: queued \(job 4243_2, PENDING\)", out), out
-    assert "4 run(s): 0 completed, 0 running, 3 pending, 0 failed, 1 lost" in out, out
+    assert re.search(r"\[\s*pending\] .*/kd/seed0: job 4243_0 is starting", out), out
+    assert re.search(r"\[\s*pending\] .*/dkd/seed0: job 4243_0 is starting", out), out
+    assert re.search(r"\[\s*lost\] .*/kd/seed1: job 4243_1 ended CANCELLED before starting the run", out), out
+    assert re.search(r"\[\s*lost\] .*/dkd/seed1: job 4243_1 ended CANCELLED before starting the run", out), out
+    assert "4 run(s): 0 completed, 0 running, 2 pending, 0 failed, 2 lost" in out, out
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "submitted 1 run(s) as job 4244" in out and "not submitted: 3 queued" in out, out
+    assert "submitted 2 run(s) (1 cohort job(s)) as job 4244" in out and "not submitted: 2 queued" in out, out
     single = (fake_slurm.parent / "sbatch-4244.sh").read_text()
     assert "--array" not in single and "#SBATCH --dependency=afterok:4242\n" in single
-    marker = json.loads((Path(planned[1]) / "submitted.json").read_text())
-    assert marker["job_id"] == "4244" and marker["previous"][0]["job_id"] == "4243_1"
+    for member in planned[1]:
+        marker = json.loads((Path(member) / "submitted.json").read_text())
+        assert marker["job_id"] == "4244" and marker["previous"][0]["job_id"] == "4243_1"
 
 
 def test_slurm_wait_ends_when_the_jobs_have_ended_and_says_which_runs_did_not_finish(
