@@ -12,6 +12,7 @@ operations on the same (gathered) inputs, so their CRD banks and Z are compared 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -226,36 +227,38 @@ def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProces
     )
 
 
+SWEEP = ("--suite", "digits", "--methods", "crd,ckd", "--seeds", "1", "--epochs", "1", "--nproc", "2")
+SWEEP += ("--no-baseline", "--no-aggregate")
+
+
 def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_path):
+    """crd and ckd train as one DDP cohort (each member in its own DDP wrapper), then alone."""
     from benchmark.models import build_model
     from benchmark.store.checkpoints import load_community_checkpoint
     from benchmark.store.records import read_record
     from benchmark.suites import get_suite
     from benchmark.sweep.teachers import evaluate_top1
 
-    out = cli(
-        "--suite",
-        "digits",
-        "--methods",
-        "crd,ckd",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--nproc",
-        "2",
-        "--no-baseline",
-        "--no-aggregate",
-        "--work-dir",
-        str(tmp_path),
-    )
+    out = cli(*SWEEP, "--work-dir", str(tmp_path))
     assert out.returncode == 0, out.stdout + out.stderr
+    # The same two runs trained alone (--no-cohort): a DDP cohort changes no number and no weight.
+    alone_root = tmp_path / "alone"
+    shutil.copytree(tmp_path / "digits" / "unified-e1", alone_root / "digits" / "unified-e1")  # the same teacher
+    solo = cli(*SWEEP, "--work-dir", str(alone_root), "--no-cohort")
+    assert solo.returncode == 0, solo.stdout + solo.stderr
     for method in ("crd", "ckd"):
         run_dir = tmp_path / "digits" / "unified-e1-w2" / "small_cnn_w32-small_cnn_w8" / method / "seed0"
         record = read_record(run_dir / "record.json")
         assert (
             record.status == "completed" and record.env["world_size"] == 2 and record.extra["per_process_batch"] == 32
         )
+        assert record.extra["cohort"] == [m for m in ("crd", "ckd") if m != method]
+        alone_dir = alone_root / run_dir.relative_to(tmp_path)
+        assert [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve] == [
+            (p.epoch, p.top1, p.top5, p.loss) for p in read_record(alone_dir / "record.json").curve
+        ]
+        ours, theirs = (torch.load(d / "student.pth", weights_only=True)["model"] for d in (run_dir, alone_dir))
+        assert all(torch.equal(ours[key], theirs[key]) for key in ours)
         student = build_model("small_cnn_w8", 10)
         load_community_checkpoint(student, run_dir / "student.pth")
         # The same weights evaluated by one process over the 359 test images: the same top-1
@@ -272,7 +275,7 @@ def test_nan_on_one_rank_fails_the_run_without_hanging(tmp_path):
         "--suite",
         "digits",
         "--methods",
-        "kd",
+        "kd,dkd",
         "--seeds",
         "1",
         "--epochs",
@@ -283,13 +286,14 @@ def test_nan_on_one_rank_fails_the_run_without_hanging(tmp_path):
         "--no-aggregate",
         "--work-dir",
         str(tmp_path),
-        env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2"},
+        env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2 method=kd"},
     )
     assert out.returncode == 1, out.stdout + out.stderr
-    record = read_record(
-        tmp_path / "digits" / "unified-e2-w2" / "small_cnn_w32-small_cnn_w8" / "kd" / "seed0" / "record.json"
-    )
+    runs = tmp_path / "digits" / "unified-e2-w2" / "small_cnn_w32-small_cnn_w8"
+    record = read_record(runs / "kd" / "seed0" / "record.json")
     assert record.status == "failed" and "on rank 1 at epoch 1, iteration 2" in record.failure
+    # Its cohort's other member goes on, on both ranks.
+    assert read_record(runs / "dkd" / "seed0" / "record.json").status == "completed"
 
 
 def test_nproc_must_divide_the_batch(tmp_path):

@@ -262,6 +262,14 @@ def show_dry_run(sweep: Sweep) -> None:
         sweep.runs,
         {name: sweep.stage.describe(name) for name in sweep.teacher_names},
     )
+    if sweep.solo_reason:
+        say(f"every run trains alone ({sweep.solo_reason})")
+    else:
+        cohorts = sweep.cohorts()
+        say(
+            f"{len(cohorts)} lockstep cohort(s) of up to {max(len(c) for c in cohorts)} run(s): one data stream and "
+            "one teacher forward per batch for the methods of a (pair, seed); --no-cohort trains each alone"
+        )
     if sweep.args.print_config:
         print_configs(sweep)
 

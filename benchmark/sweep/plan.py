@@ -178,8 +178,6 @@ class Sweep:
         """Why this sweep's runs train alone, or None: they train in lockstep cohorts."""
         if self.args.no_cohort:
             return "--no-cohort"
-        if self.args.nproc > 1:
-            return "with --nproc > 1 every run trains alone (cohorts are one-process for now)"
         return self.suite.solo_reason
 
     def cohorts(self) -> list[list[PlannedRun]]:

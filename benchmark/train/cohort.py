@@ -34,15 +34,16 @@ from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.model import BaseModel
 from mmengine.optim import OptimWrapperDict, build_optim_wrapper
-from mmengine.registry import HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.registry import HOOKS, METRICS, MODEL_WRAPPERS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from benchmark import faults
 from benchmark.store.atomic import atomic_path
 from benchmark.store.checkpoints import allow_mmengine_checkpoint_globals, epoch_checkpoints
 from benchmark.store.records import RunRecord, write_record
-from methods import METHODS
+from methods import METHODS, distributed
 
 from .config import RunSpec, build_config
 from .hooks import (
@@ -86,6 +87,7 @@ class CohortModel(BaseModel):
             built[name] = DistillationModel(**cfg, shared_teacher=shared)
         self.members = nn.ModuleDict(built)
         self.active = list(members)  # members still training (a non-finite loss drops one)
+        self.distributed: dict[str, nn.Module] = {}  # each member's DDP wrapper, under DDP
         self.channels_last = channels_last
         self.measure_time = False
         self.last_timing: dict[str, float] = {}
@@ -118,13 +120,16 @@ class CohortModel(BaseModel):
         for name in names:
             member, wrapper = self.members[name], optim_wrapper[name]
             member_start = clock()
+            # Under DDP through the member's own DistributedDataParallel, so its gradients are averaged.
+            call = self.distributed[name] if self.distributed else member.student_losses
             with wrapper.optim_context(member):
-                losses = member.student_losses(
+                losses = call(
                     inputs,
                     data.get("target"),
                     data.get("index"),
                     data.get("contrast_index"),
-                    logits_teacher if member.teacher is not None else None,
+                    **({"mode": "student_losses"} if self.distributed else {}),
+                    logits_teacher=logits_teacher if member.teacher is not None else None,
                 )
             parsed, member_vars = member.parse_losses(losses)
             wrapper.update_params(parsed)
@@ -147,6 +152,40 @@ def _clock(synchronise: bool) -> Callable[[], float]:
     if synchronise and torch.cuda.is_available():
         return lambda: (torch.cuda.synchronize(), time.perf_counter())[1]
     return time.perf_counter
+
+
+@MODEL_WRAPPERS.register_module()
+class CohortDistributedDataParallel(nn.Module):
+    """DDP for a cohort: each member wrapped in its own ``DistributedDataParallel`` (gloo on CPU,
+    nccl on GPU), the shared teacher left alone (frozen, no gradients); the cohort's
+    ``train_step`` calls each member through its wrapper, so each member's gradients are averaged."""
+
+    def __init__(
+        self, module: CohortModel, broadcast_buffers: bool = False, find_unused_parameters: bool = False, **kwargs
+    ) -> None:
+        super().__init__()
+        self.module = module
+        on_cpu = all(not p.is_cuda for p in module.parameters())
+        devices = None if on_cpu else [torch.cuda.current_device()]
+        module.distributed = {
+            name: DistributedDataParallel(
+                member,
+                device_ids=devices,
+                broadcast_buffers=broadcast_buffers,
+                find_unused_parameters=find_unused_parameters,
+                **kwargs,
+            )
+            for name, member in module.members.items()
+        }
+
+    def train_step(self, data: dict, optim_wrapper: OptimWrapperDict) -> dict[str, Tensor]:
+        return self.module.train_step(data, optim_wrapper)
+
+    def val_step(self, data: dict) -> list:
+        return self.module.val_step(data)
+
+    def test_step(self, data: dict) -> list:
+        return self.module.test_step(data)
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
@@ -260,15 +299,27 @@ class MemberHooks(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         cohort = unwrap(runner.model)
-        for member, view in self._active(runner):
-            own = _member_part(outputs, member.name)
-            problem = _non_finite(own, epoch=runner.epoch + 1, iteration=batch_idx + 1, method=member.name)
-            if problem:
+        active = self._active(runner)
+        own = {m.name: _member_part(outputs, m.name) for m, _ in active}
+        where = dict(epoch=runner.epoch + 1, iteration=batch_idx + 1)
+        problems = {m.name: _non_finite(own[m.name], method=m.name, **where) for m, _ in active}
+        if distributed.world_size() > 1:
+            # Every rank drops the same members (a member's DDP forward on one rank only would hang).
+            flags = torch.tensor([float(distributed.rank() + 1) if problems[m.name] else 0.0 for m, _ in active])
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            for (member, _), flag in zip(active, flags.tolist()):
+                if flag and not problems[member.name]:
+                    problems[member.name] = (
+                        f"the loss became non-finite on rank {int(flag) - 1} at epoch {where['epoch']}, "
+                        f"iteration {where['iteration']}"
+                    )
+        for member, view in active:
+            if problems[member.name]:
                 cohort.active.remove(member.name)
-                member.fail(problem)
+                member.fail(problems[member.name])
                 continue
-            member.record_hook.after_train_iter(view, batch_idx, data_batch, own)
-            member.timing.after_train_iter(view, batch_idx, data_batch, own)
+            member.record_hook.after_train_iter(view, batch_idx, data_batch, own[member.name])
+            member.timing.after_train_iter(view, batch_idx, data_batch, own[member.name])
         if not cohort.active:
             raise NonFiniteLossError("every member of the cohort stopped on a non-finite loss")
 
@@ -299,7 +350,7 @@ class MemberHooks(Hook):
 
 def _non_finite(outputs: dict, epoch: int, iteration: int, method: str) -> str | None:
     """Why a member stops (as NonFiniteLossGuard words it for a run alone), or None."""
-    if faults.matches("nan_loss", epoch=epoch, iter=iteration, method=method, rank=0) == "NAN":
+    if faults.matches("nan_loss", epoch=epoch, iter=iteration, method=method, rank=distributed.rank()) == "NAN":
         outputs["loss"] = torch.tensor(float("nan"))
     for name, value in outputs.items():
         if torch.is_tensor(value) and value.numel() == 1 and not math.isfinite(value.item()):
@@ -386,6 +437,7 @@ def _shared_key(cfg: Config) -> str:
     parts["preprocessor"] = cfg.model.get("data_preprocessor")
     parts["autocast"] = (cfg.optim_wrapper.get("type"), cfg.optim_wrapper.get("dtype"))
     parts["channels_last"] = cfg.model.get("channels_last", False)
+    parts["ddp"] = (cfg.get("model_wrapper_cfg"), cfg.get("sync_bn"))
     return json.dumps(parts, sort_keys=True, default=str)
 
 
@@ -427,6 +479,8 @@ def cohort_config(specs: Sequence[RunSpec], num_data: int) -> Config:
     )
     cfg.param_scheduler = {spec.method: list(c.param_scheduler) for spec, c in zip(specs, cfgs)}
     cfg.val_evaluator = dict(type="CohortTopKAccuracy", topk=(1, 5))
+    if cfg.get("model_wrapper_cfg"):  # --nproc > 1: each member in its own DDP wrapper
+        cfg.model_wrapper_cfg = dict(cfg.model_wrapper_cfg, type="CohortDistributedDataParallel")
     cfg.work_dir = str(cohort_work_dir(specs))
     return cfg
 

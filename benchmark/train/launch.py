@@ -44,6 +44,7 @@ def _rank_main(
     record: dict,
     checkpoint: str | None,
     show_progress: bool,
+    cohort: tuple | None = None,
 ) -> None:
     import logging
     import warnings
@@ -69,23 +70,37 @@ def _rank_main(
     dist.init_process_group("nccl" if on_gpu else "gloo", rank=local_rank, world_size=world_size)
     try:
         progress = (lambda line: print("    " + line, flush=True)) if show_progress and local_rank == 0 else None
-        train(spec, build_config(spec, num_data), RunRecord.from_dict(record), checkpoint, progress)
+        if cohort is None:
+            train(spec, build_config(spec, num_data), RunRecord.from_dict(record), checkpoint, progress)
+        else:
+            from .cohort import train_cohort
+
+            specs, records, checkpoints = cohort
+            for member in specs:
+                member.device = spec.device
+            train_cohort(specs, [RunRecord.from_dict(r) for r in records], checkpoints, num_data, progress)
     finally:
         dist.destroy_process_group()
 
 
-def train_distributed(spec, num_data: int, record, checkpoint: str | None, show_progress: bool = False) -> None:
+def train_distributed(
+    spec, num_data: int, record, checkpoint: str | None, show_progress: bool = False, cohort: tuple | None = None
+) -> None:
     """Train ``spec`` on ``spec.world_size`` local processes; rank 0 writes the record and files.
 
+    ``cohort``: (specs, records, checkpoints) of a cohort to train instead (``spec`` is its first).
     A rank that raises (not a NaN loss: that is recorded as a failed run) makes this raise.
     """
     import torch.multiprocessing as mp
 
     if os.environ.get("WORLD_SIZE") not in (None, "1"):
         raise RuntimeError("already inside a distributed launch: run.py starts the --nproc processes itself")
+    if cohort is not None:
+        specs, records, checkpoints = cohort
+        cohort = (list(specs), [r.to_dict() for r in records], checkpoints)
     mp.start_processes(
         _rank_main,
-        args=(spec.world_size, free_port(), spec, num_data, record.to_dict(), checkpoint, show_progress),
+        args=(spec.world_size, free_port(), spec, num_data, record.to_dict(), checkpoint, show_progress, cohort),
         nprocs=spec.world_size,
         join=True,
         start_method="spawn",
@@ -175,15 +190,29 @@ def execute_cohort(
                 cfg, record, checkpoint = prepared[index]
                 record.extra.pop("cohort", None)
                 path = str(checkpoint[1]) if checkpoint else None
-                results[index] = train(specs[index], cfg, record, path, progress, hooks)
+                if specs[index].world_size == 1:
+                    results[index] = train(specs[index], cfg, record, path, progress, hooks)
+                else:
+                    train_distributed(specs[index], num_data, record, path, show_progress=progress is not None)
+                    results[index] = read_record(specs[index].run_dir / RECORD_FILE)
                 continue
             names = [specs[i].method for i in group]
             for i in group:
                 prepared[i][1].extra["cohort"] = [n for n in names if n != specs[i].method]
             checkpoints = {specs[i].method: str(prepared[i][2][1]) for i in group if prepared[i][2]}
-            done = train_cohort(
-                [specs[i] for i in group], [prepared[i][1] for i in group], checkpoints, num_data, progress, hooks
-            )
+            members, member_records = [specs[i] for i in group], [prepared[i][1] for i in group]
+            if members[0].world_size == 1:
+                done = train_cohort(members, member_records, checkpoints, num_data, progress, hooks)
+            else:
+                train_distributed(
+                    members[0],
+                    num_data,
+                    member_records[0],
+                    None,
+                    show_progress=progress is not None,
+                    cohort=(members, member_records, checkpoints),
+                )
+                done = [read_record(spec.run_dir / RECORD_FILE) for spec in members]
             results.update(zip(group, done))
     return [results[index] for index in range(len(specs))]
 

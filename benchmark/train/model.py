@@ -152,9 +152,12 @@ class DistillationModel(BaseModel):
         index: Tensor | None = None,
         contrast_index: Tensor | None = None,
         mode: str = "tensor",
+        logits_teacher: Tensor | None = None,
     ) -> Any:
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        if mode == "student_losses":  # a cohort member's step under DDP (the teacher's pass is shared)
+            return self.student_losses(inputs, target, index, contrast_index, logits_teacher)
         if mode == "tensor":
             return self.student(inputs)
         if mode == "predict":
