@@ -22,7 +22,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 
 from benchmark.detection import detection_stack_problem
-from benchmark.store.records import RecordError, RunRecord, read_record
+from benchmark.store.records import SCHEMA_VERSION, RecordError, RunRecord, read_record
 from benchmark.suites import Pair, ResolvedRecipe, get_suite
 from tests.datagen_coco import write_tiny_coco
 
@@ -436,7 +436,9 @@ def test_distillation_trains_through_the_runner(method, tiny, tmp_path):
     assert '"coco/bbox_mAP"' in scalars
     # The record on disk, the exported student (an MMDetection checkpoint), the timings.
     on_disk = read_record(tmp_path / method / "record.json")
-    assert on_disk.schema_version == 2 and on_disk.curve == record.curve and on_disk.env["mmdet"] == "3.3.0"
+    assert (
+        on_disk.schema_version == SCHEMA_VERSION and on_disk.curve == record.curve and on_disk.env["mmdet"] == "3.3.0"
+    )
     assert on_disk.extra["teacher_file"] == "tiny_t.pth"
     state = read_mmdet_checkpoint(tmp_path / method / STUDENT_EXPORT)
     assert not any(k.startswith("teacher.") for k in state) and "roi_head.bbox_head.fc_cls.weight" in state

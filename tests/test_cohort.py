@@ -168,3 +168,22 @@ def test_the_cohort_benchmark_measures_both_arms_in_fresh_processes():
         {"env": {"device": "cpu", "torch": "x", "threads": 1, "date": "d"}, "amp": False, "results": [result]}
     )
     assert "| digits | small_cnn_w32 -> small_cnn_w8 |" in markdown
+
+
+def test_runs_from_before_per_method_streams_never_share_a_table_cell_or_a_work_dir(tmp_path):
+    """Schema 3 changed what a seed draws: a schema-2 classification run forms its own row, and a
+    sweep refuses to continue in its directory (no old run is ever counted as a new one)."""
+    from benchmark.report.load import load_records
+    from benchmark.report.synthetic import make_record, run_dir, write
+    from benchmark.sweep.state import read_state
+
+    new = make_record("digits", *PAIR, "kd", 0, 90.0)
+    old = make_record("digits", *PAIR, "kd", 1, 80.0)
+    old.schema_version = 2
+    write(tmp_path, new)
+    write(tmp_path, old)
+    frame = load_records([tmp_path]).records.sort_values("seed")
+    assert list(frame["recipe"]) == [new.recipe, f"{old.recipe} (pre-v3 streams)"]
+    state = read_state(run_dir(tmp_path, old), old.recipe_hash)
+    assert state.kind == "refused" and "before per-method random streams" in state.problem
+    assert read_state(run_dir(tmp_path, new), new.recipe_hash).kind == "completed"
