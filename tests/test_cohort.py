@@ -36,9 +36,9 @@ def teacher_file(tmp_path_factory) -> Path:
     return path
 
 
-def spec_for(method: str, root: Path, teacher: Path, seed: int = 0) -> RunSpec:
+def spec_for(method: str, root: Path, teacher: Path, seed: int = 0, epochs: int = EPOCHS) -> RunSpec:
     recipe = SUITE.resolve("unified", PAIR, method)
-    recipe.schedule = recipe.schedule.with_epochs(EPOCHS)
+    recipe.schedule = recipe.schedule.with_epochs(epochs)
     return RunSpec(
         suite=SUITE,
         pair=PAIR,
@@ -81,8 +81,8 @@ def alone(teacher_file, tmp_path_factory) -> dict[str, RunRecord]:
     return {"root": root, **done}
 
 
-def train_cohort_at(root: Path, teacher_file: Path, methods=METHODS, resume=False) -> list[RunRecord]:
-    specs = [spec_for(m, root, teacher_file) for m in methods]
+def train_cohort_at(root: Path, teacher_file: Path, methods=METHODS, resume=False, epochs=EPOCHS) -> list[RunRecord]:
+    specs = [spec_for(m, root, teacher_file, epochs=epochs) for m in methods]
     records = [read_record(s.run_dir / "record.json") if resume else new_record(s) for s in specs]
     return execute_cohort(specs, N_TRAIN, records, [resume] * len(specs), say=quiet)
 
@@ -187,3 +187,35 @@ def test_runs_from_before_per_method_streams_never_share_a_table_cell_or_a_work_
     state = read_state(run_dir(tmp_path, old), old.recipe_hash)
     assert state.kind == "refused" and "before per-method random streams" in state.problem
     assert read_state(run_dir(tmp_path, new), new.recipe_hash).kind == "completed"
+
+
+def test_each_member_draws_from_its_own_stream_whoever_shares_its_process(teacher_file, tmp_path):
+    """Two methods that draw randomness in every step (as dropout would) train in one cohort and
+    alone: each draws exactly what it draws alone, so neither's draws depend on the other."""
+    import methods
+    from methods.kd import KD
+
+    class NoisyKD(KD):
+        def forward(self, step):
+            losses = super().forward(step)
+            losses["loss_kd"] = losses["loss_kd"] * (0.5 + torch.rand(()))  # a draw in every step
+            return losses
+
+    names = ("_noisy_a", "_noisy_b")
+    for name in names:
+        methods.METHODS.register_module(name=name, module=type(f"Noisy{name}", (NoisyKD,), {}))
+    try:
+        alone_root, cohort_root = tmp_path / "alone", tmp_path / "cohort"
+        alone = {}
+        for name in names:
+            spec = spec_for(name, alone_root, teacher_file, epochs=1)
+            alone[name] = execute(spec, N_TRAIN, new_record(spec), resume=False, say=quiet)
+        records = train_cohort_at(cohort_root, teacher_file, methods=names, epochs=1)
+        for name, record in zip(names, records):
+            assert record.extra["cohort"] and comparable(record) == comparable(alone[name]), name
+            assert_students_equal(cohort_root / PAIR.name / name / "seed0", alone_root / PAIR.name / name / "seed0")
+        # The two methods are the same code: only their streams make them differ.
+        assert comparable(records[0]) != comparable(records[1])
+    finally:
+        for name in names:
+            methods.METHODS._module_dict.pop(name)
