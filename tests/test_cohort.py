@@ -219,3 +219,27 @@ def test_each_member_draws_from_its_own_stream_whoever_shares_its_process(teache
     finally:
         for name in names:
             methods.METHODS._module_dict.pop(name)
+
+
+def test_bf16_autocast_and_channels_last_cohorts_equal_their_runs_alone(teacher_file, tmp_path):
+    """--amp (bf16 autocast: the shared preprocessing and teacher pass run in the members' common
+    autocast) and --channels-last change no member's numbers either."""
+    names = ("kd", "ckd")
+
+    def specs(root: Path) -> list[RunSpec]:
+        made = [spec_for(name, root, teacher_file, epochs=1) for name in names]
+        for spec in made:
+            spec.recipe.options = {"amp": "bfloat16", "channels_last": True}
+        return made
+
+    alone = {}
+    for spec in specs(tmp_path / "alone"):
+        alone[spec.method] = execute(spec, N_TRAIN, new_record(spec), resume=False, say=quiet)
+    members = specs(tmp_path / "cohort")
+    records = execute_cohort(members, N_TRAIN, [new_record(s) for s in members], [False, False], say=quiet)
+    for name, record in zip(names, records):
+        assert record.extra["cohort"] and record.recipe == alone[name].recipe
+        assert comparable(record) == comparable(alone[name]), name
+        assert_students_equal(
+            tmp_path / "cohort" / PAIR.name / name / "seed0", tmp_path / "alone" / PAIR.name / name / "seed0"
+        )
