@@ -44,31 +44,26 @@ BATCH_SIZE = 64
 
 
 def _members(workload: dict, teacher_file: str, num_data: int, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Each method's DistillationModel config, as the sweep builds it (the suite's unified recipe)."""
-    from mmengine.config import Config
-
+    """Each method's DistillationModel config, as a sweep builds it (the suite's unified recipe)."""
     from benchmark.suites import Pair, get_suite
-    from benchmark.train.config import CONFIG_DIR
-    from methods import METHODS as REGISTRY
+    from benchmark.train.config import RunSpec, classification_config
 
     suite = get_suite(workload["suite"])
     pair = Pair(workload["teacher"], workload["student"])
-    preprocessor = Config.fromfile(CONFIG_DIR / "datasets" / f"{workload['dataset']}.py").data_preprocessor.to_dict()
     members = {}
     for method in METHODS:
-        method_cfg = dict(suite.resolve("unified", pair, method).method)
-        needs_teacher = REGISTRY.get(method_cfg["type"]).needs_teacher
-        members[method] = dict(
-            student=pair.student,
-            teacher=pair.teacher if needs_teacher else None,
-            teacher_checkpoint=teacher_file if needs_teacher else None,
-            method=method_cfg,
-            num_classes=suite.num_classes,
-            num_data=num_data,
-            data_preprocessor=preprocessor,
-            stream_seed=seed,
-            stream_name=method,
+        spec = RunSpec(
+            suite=suite,
+            pair=pair,
+            method=method,
+            recipe=suite.resolve("unified", pair, method),
+            seed=seed,
+            run_dir=Path(teacher_file).parent / method,
+            teacher_checkpoint=teacher_file,
         )
+        model = dict(classification_config(spec, num_data).model)
+        model.pop("type")
+        members[method] = model
     return members
 
 

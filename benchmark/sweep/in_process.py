@@ -112,38 +112,7 @@ def prepare_teachers(sweep: Sweep) -> tuple[int, dict, dict]:
 
 
 def execute_claimed(
-    run: PlannedRun,
-    prefix: str,
-    sweep: Sweep,
-    teachers: dict,
-    held_teachers: dict,
-    num_data: int,
-    progress: "Progress",
-    outcome: SweepOutcome,
-) -> None:
-    """One run under its claim; every executor (in-process, local processes, Slurm) comes through here."""
-    from benchmark.data import DatasetNotFoundError
-    from benchmark.store.checkpoints import CheckpointError
-    from benchmark.store.claims import ClaimHeld
-
-    if run.method != BASELINE and run.pair.teacher in held_teachers:
-        say(f"{prefix}: its teacher is held by another sweep ({held_teachers[run.pair.teacher]}); skipped")
-        outcome.held.append(run.label)
-        progress.finished(run, None)
-        return
-    try:
-        with claim(run.run_dir, say):
-            run_one(run, prefix, sweep.args, sweep.suite, sweep.stage, teachers, num_data, progress, outcome)
-    except ClaimHeld as held:
-        say(f"{prefix}: held by another sweep ({held.holder}); skipped")
-        outcome.held.append(run.label)
-        progress.finished(run, None)
-    except (CheckpointError, DatasetNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
-
-
-def execute_cohort_claimed(
-    cohort: list[PlannedRun],
+    runs: list[PlannedRun],
     prefixes: list[str],
     sweep: Sweep,
     teachers: dict,
@@ -152,63 +121,74 @@ def execute_cohort_claimed(
     progress: "Progress",
     outcome: SweepOutcome,
 ) -> None:
-    """The runs of one cohort, each under its own claim: those still to train, train together."""
+    """A run — or the runs of one cohort — each under its own claim; those still to train train
+    (together). Every executor (in-process, local processes, Slurm) comes through here."""
     from benchmark.data import DatasetNotFoundError
     from benchmark.store.checkpoints import CheckpointError
     from benchmark.store.claims import ClaimHeld
-    from benchmark.train import execute_cohort
 
-    args = sweep.args
+    def skip_held(run: PlannedRun, message: str) -> None:
+        say(message)
+        outcome.held.append(run.label)
+        progress.finished(run, None)
+
     with contextlib.ExitStack() as claims:
         members = []
-        for run, prefix in zip(cohort, prefixes):
+        for run, prefix in zip(runs, prefixes):
             if run.method != BASELINE and run.pair.teacher in held_teachers:
-                say(f"{prefix}: its teacher is held by another sweep ({held_teachers[run.pair.teacher]}); skipped")
-                outcome.held.append(run.label)
-                progress.finished(run, None)
+                skip_held(
+                    run, f"{prefix}: its teacher is held by another sweep ({held_teachers[run.pair.teacher]}); skipped"
+                )
                 continue
             try:
                 claims.enter_context(claim(run.run_dir, say))
             except ClaimHeld as held:
-                say(f"{prefix}: held by another sweep ({held.holder}); skipped")
-                outcome.held.append(run.label)
-                progress.finished(run, None)
+                skip_held(run, f"{prefix}: held by another sweep ({held.holder}); skipped")
                 continue
             try:
-                admitted = admit(run, prefix, args, sweep.suite, sweep.stage, teachers, progress, outcome)
+                admitted = admit(run, prefix, sweep.args, sweep.suite, sweep.stage, teachers, progress, outcome)
             except (CheckpointError, DatasetNotFoundError) as exc:
                 raise UsageError(str(exc)) from None
             if admitted is not None:
                 members.append((run, prefix, *admitted))
-        if not members:
-            return
-        runs = [member[0] for member in members]
+        if members:
+            train_admitted(members, sweep.args, num_data, progress, outcome)
+
+
+def train_admitted(members: list[tuple], args, num_data: int, progress: "Progress", outcome: SweepOutcome) -> None:
+    """Claimed runs to train: ``(run, prefix, spec, record, resume)`` each; one alone, or a cohort."""
+    from benchmark.data import DatasetNotFoundError
+    from benchmark.store.checkpoints import CheckpointError
+    from benchmark.train import execute_cohort
+
+    runs = [member[0] for member in members]
+    if len(members) == 1:
+        say(f"{members[0][1]}: {'resuming' if members[0][4] else 'starting'} | {progress.eta()}")
+    else:
         say(
             f"cohort {runs[0].pair.name} seed{runs[0].seed}: "
-            + ", ".join(
-                f"{run.method} ({'resuming' if member[4] else 'starting'})" for run, member in zip(runs, members)
-            )
+            + ", ".join(f"{m[0].method} ({'resuming' if m[4] else 'starting'})" for m in members)
             + f" in one process | {progress.eta()}"
         )
-        started = time.perf_counter()
-        try:
-            records = execute_cohort(
-                [m[2] for m in members],
-                num_data,
-                [m[3] for m in members],
-                [m[4] for m in members],
-                progress=progress_printer(args, runs),
-                say=say,
-            )
-        except (UsageError, CheckpointError, DatasetNotFoundError):
-            raise
-        except Exception as exc:  # a crash takes the whole process: every member's record says so
-            records = [m[3] for m in members]
-            for run, record in zip(runs, records):
-                crashed(run, record, exc)
-        share = (time.perf_counter() - started) / len(members)  # for the ETA: the cohort's time per run
-        for (run, prefix, *_rest), record in zip(members, records):
-            report(run, prefix, record, share, progress, outcome)
+    started = time.perf_counter()
+    try:
+        records = execute_cohort(
+            [m[2] for m in members],
+            num_data,
+            [m[3] for m in members],
+            [m[4] for m in members],
+            progress=progress_printer(args, runs),
+            say=say,
+        )
+    except (UsageError, CheckpointError, DatasetNotFoundError):
+        raise  # the user's to fix: one line, and the sweep stops
+    except Exception as exc:  # a bug or a crash: every record it took says so; the sweep goes on
+        records = [m[3] for m in members]
+        for run, record in zip(runs, records):
+            crashed(run, record, exc)
+    share = (time.perf_counter() - started) / len(members)  # for the ETA: the time per run
+    for (run, prefix, *_rest), record in zip(members, records):
+        report(run, prefix, record, share, progress, outcome)
 
 
 def write_tables(args: SweepOptions) -> None:
@@ -289,10 +269,7 @@ def run_sweep(args: SweepOptions) -> int:
     numbers = {id(run): number for number, run in enumerate(sweep.runs, 1)}
     for cohort in cohorts:
         prefixes = [f"[{numbers[id(run)]}/{len(sweep.runs)}] {run.label}" for run in cohort]
-        if len(cohort) == 1:
-            execute_claimed(cohort[0], prefixes[0], sweep, teachers, held_teachers, num_data, progress, outcome)
-        else:
-            execute_cohort_claimed(cohort, prefixes, sweep, teachers, held_teachers, num_data, progress, outcome)
+        execute_claimed(cohort, prefixes, sweep, teachers, held_teachers, num_data, progress, outcome)
     return finish(sweep, outcome)
 
 
@@ -315,10 +292,7 @@ def run_single(args: SweepOptions, run_dir: str | list[str]) -> int:
     num_data, teachers, held_teachers = prepare_teachers(sweep)
     outcome, progress = SweepOutcome(), Progress(matching)
     labels = [run.label for run in matching]
-    if len(matching) == 1:
-        execute_claimed(matching[0], labels[0], sweep, teachers, held_teachers, num_data, progress, outcome)
-    else:
-        execute_cohort_claimed(matching, labels, sweep, teachers, held_teachers, num_data, progress, outcome)
+    execute_claimed(matching, labels, sweep, teachers, held_teachers, num_data, progress, outcome)
     return EXIT_FAILED if outcome.failed else EXIT_HELD if outcome.held else 0
 
 
@@ -424,34 +398,3 @@ def progress_printer(args, runs: list[PlannedRun]):
     if args.verbose or any(run.recipe.schedule.epochs >= 20 for run in runs):
         return lambda line: say("    " + line)
     return None
-
-
-def run_one(
-    run: PlannedRun,
-    prefix: str,
-    args,
-    suite,
-    stage,
-    teachers: dict,
-    num_data: int,
-    progress: "Progress",
-    outcome: SweepOutcome,
-) -> None:
-    """One planned run, under its claim: skip, resume or start it, and record the outcome."""
-    from benchmark.data import DatasetNotFoundError
-    from benchmark.store.checkpoints import CheckpointError
-    from benchmark.train import execute
-
-    admitted = admit(run, prefix, args, suite, stage, teachers, progress, outcome)
-    if admitted is None:
-        return
-    spec, record, resume = admitted
-    say(f"{prefix}: {'resuming' if resume else 'starting'} | {progress.eta()}")
-    started = time.perf_counter()
-    try:
-        record = execute(spec, num_data, record, resume=resume, progress=progress_printer(args, [run]), say=say)
-    except (UsageError, CheckpointError, DatasetNotFoundError):
-        raise  # the user's to fix: one line, and the sweep stops
-    except Exception as exc:  # a bug or a crash inside one run: record it, keep the sweep going
-        crashed(run, record, exc)
-    report(run, prefix, record, time.perf_counter() - started, progress, outcome)
