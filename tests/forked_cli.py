@@ -54,7 +54,31 @@ def _server():
     return _context
 
 
-def _child(argv: list[str], env: dict[str, str], cwd: str, out_path: str, err_path: str) -> None:
+def server():
+    """The ``multiprocessing`` context whose processes are forked from the server that has imported ``PRELOAD``."""
+    return _server()
+
+
+def _ranks_from_a_fork_server() -> None:
+    """``--nproc`` ranks started from a fork server that has imported ``PRELOAD`` once, instead of spawned.
+
+    Their arguments are pickled to them as with ``spawn`` (the launch's contract); only the imports of
+    each new interpreter are saved. The server is this process's own (started at the first launch).
+    """
+    import torch.multiprocessing
+
+    start_processes = torch.multiprocessing.start_processes
+
+    def from_fork_server(*args, **kwargs):
+        _server()
+        return start_processes(*args, **{**kwargs, "start_method": "forkserver"})
+
+    torch.multiprocessing.start_processes = from_fork_server
+
+
+def _child(
+    argv: list[str], env: dict[str, str], cwd: str, out_path: str, err_path: str, ranks_forked: bool = False
+) -> None:
     """In the forked process: what ``python benchmark/run.py ARGV`` does once its imports are done."""
     for fd, path in ((1, out_path), (2, err_path)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -69,6 +93,8 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out_path: str, err_pa
     sys.argv = [RUN_PY, *argv]
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if ranks_forked:
+        _ranks_from_a_fork_server()
     from benchmark.run import main
 
     code = main(list(argv))
@@ -80,7 +106,12 @@ class Cli:
     """``benchmark/run.py ARGS`` started in its own process (see the module's docstring); ``wait`` ends it."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None, fresh: bool = False
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | str | None = None,
+        fresh: bool = False,
+        ranks_forked: bool = False,
     ) -> None:
         self.args = [str(a) for a in args]
         env = dict(os.environ if env is None else env)
@@ -95,7 +126,9 @@ class Cli:
                 )
             self.pid = self._proc.pid
         else:
-            self._proc = _server().Process(target=_child, args=(self.args, env, cwd, str(self._out), str(self._err)))
+            self._proc = _server().Process(
+                target=_child, args=(self.args, env, cwd, str(self._out), str(self._err), ranks_forked)
+            )
             self._proc.start()
             self.pid = self._proc.pid
 
@@ -131,6 +164,8 @@ def run_cli(
     cwd: Path | str | None = None,
     timeout: float = 300,
     fresh: bool = False,
+    ranks_forked: bool = False,
 ) -> subprocess.CompletedProcess:
-    """``benchmark/run.py ARGS`` to its end: exit status, stdout, stderr (``fresh``: a new interpreter)."""
-    return Cli(*args, env=env, cwd=cwd, fresh=fresh).wait(timeout)
+    """``benchmark/run.py ARGS`` to its end: exit status, stdout, stderr (``fresh``: a new interpreter;
+    ``ranks_forked``: its ``--nproc`` ranks from a fork server instead of spawned)."""
+    return Cli(*args, env=env, cwd=cwd, fresh=fresh, ranks_forked=ranks_forked).wait(timeout)
