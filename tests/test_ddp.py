@@ -260,6 +260,7 @@ def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(teacher
         str(teachers),
         "--work-dir",
         str(tmp_path),
+        ranks_forked=True,  # the NaN test below launches spawned ranks
     )
     assert out.returncode == 0, out.stdout + out.stderr
     for method in ("crd", "ckd"):
@@ -298,8 +299,7 @@ def test_nan_on_one_rank_fails_the_run_without_hanging(teachers, tmp_path):
         "--work-dir",
         str(tmp_path),
         env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2"},
-        ranks_forked=True,  # the test above launches spawned ranks
-    )
+    )  # the ranks spawned, as the launch does (one launch, ended by the NaN: the cheapest)
     assert out.returncode == 1, out.stdout + out.stderr
     record = read_record(
         tmp_path / "digits" / "unified-e2-w2" / "small_cnn_w32-small_cnn_w8" / "kd" / "seed0" / "record.json"
