@@ -1,8 +1,23 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.datagen import write_tiny_cifar100
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch gets its share of the cores (one each with -n 2 on 2 cores).
+
+    Torch's default (every core, in every worker) puts 2N threads on N cores: their OpenMP threads
+    then spin-wait on each other, and the small tensors of these tests gain nothing from a second one.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")
