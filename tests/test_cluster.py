@@ -12,16 +12,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmark.store.records import EpochPoint, RunRecord, read_record, write_record
+from tests.forked_cli import Cli
 
 REPO = Path(__file__).resolve().parent.parent
-RUN_PY = str(REPO / "benchmark" / "run.py")
 FAKE_SLURM = REPO / "tests" / "fake_slurm"
 PAIR = "small_cnn_w32-small_cnn_w8"
 # One worker under pytest-xdist (tox -e py runs -n 2 --dist loadgroup): the module-scoped sweep is
@@ -93,44 +92,31 @@ def swept(tmp_path_factory):
         "local",
         "--wait",
     ]
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "KD_FAULT"},
-        "PYTHONPATH": str(REPO),
-        "KD_CLUSTER_POLL_S": "0.3",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, RUN_PY, *argv],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outs = communicate_all(procs, STUCK_S)
-    return root / "work", argv, outs, [proc.returncode for proc in procs]
+    env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "KD_CLUSTER_POLL_S": "0.3"}
+    procs = [Cli(*argv, env=env) for _ in range(2)]  # two processes of their own, started within milliseconds
+    outs, codes = communicate_all(procs, STUCK_S)
+    return root / "work", argv, outs, codes
 
 
 STUCK_S = 600  # only a process that is really stuck takes this long (about a minute unloaded, 2 cores)
 
 
-def communicate_all(procs: list[subprocess.Popen], deadline_s: float) -> list[str]:
-    """Every process's output once all have exited; one deadline for all, and none is left running."""
+def communicate_all(procs: list[Cli], deadline_s: float) -> tuple[list[str], list[int]]:
+    """Every process's output and exit status once all have exited; one deadline for all, none left running."""
     import time
 
     end = time.monotonic() + deadline_s
-    outs = []
+    done = []
     try:
         for proc in procs:
-            outs.append(proc.communicate(timeout=max(1.0, end - time.monotonic()))[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:
+            done.append(proc.wait(timeout=max(1.0, end - time.monotonic())))
+    except subprocess.TimeoutExpired as exc:
+        for proc in procs[len(done) + 1 :]:
             proc.kill()
-        partial = [proc.communicate()[0] for proc in procs]
-        pytest.fail(f"still running after {deadline_s:.0f}s:\n" + "\n----\n".join(partial))
-    return outs
+        outs = [d.stdout + d.stderr for d in done] + [f"{exc.stdout}{exc.stderr}"]
+        outs += [d.stdout + d.stderr for d in (proc.wait(30) for proc in procs[len(done) + 1 :])]
+        pytest.fail(f"still running after {deadline_s:.0f}s:\n" + "\n----\n".join(outs))
+    return [d.stdout + d.stderr for d in done], [d.returncode for d in done]
 
 
 def test_two_concurrent_submissions_execute_every_run_exactly_once(swept):

@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from mmengine.registry import DefaultScope
 from benchmark.detection import detection_stack_problem
 from benchmark.store.records import SCHEMA_VERSION, RecordError, RunRecord, read_record
 from benchmark.suites import Pair, ResolvedRecipe, get_suite
+from tests import forked_cli
 from tests.datagen_coco import write_tiny_coco
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,8 @@ BATCH = 2
 
 def run_cli(*args: str, cwd: Path = REPO, in_process: bool = True) -> subprocess.CompletedProcess:
     """The CLI's exit code and output: its ``main`` in this process (a new process spends most of its
-    time importing torch), or ``in_process=False`` as a user runs it (for the one-line error checks)."""
+    time importing torch), or ``in_process=False`` in a process of its own as a user runs it (for the
+    one-line error checks; forked with torch and MMEngine imported, ``tests/forked_cli.py``)."""
     if in_process:
         from benchmark.run import main
 
@@ -49,11 +50,7 @@ def run_cli(*args: str, cwd: Path = REPO, in_process: bool = True) -> subprocess
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(args))
         return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-    env = {k: v for k, v in os.environ.items() if k != "KD_FAULT"}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "benchmark/run.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+    return forked_cli.run_cli(*args, cwd=cwd)
 
 
 # --------------------------------------------------------------------------- CLI (no MMDetection needed)

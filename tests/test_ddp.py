@@ -12,9 +12,7 @@ operations on the same (gathered) inputs, so their CRD banks and Z are compared 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from torch import nn
 import methods
 from benchmark.train.launch import free_port
 from methods.base import DistillContext, StepInputs
+from tests import forked_cli
 
 REPO = Path(__file__).resolve().parent.parent
 GLOBAL_BATCH, N_DATA, NCE_K, STEPS, CLASSES = 8, 64, 16, 3, 5
@@ -153,7 +152,10 @@ def runs(tmp_path_factory):
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
-    ranks = mp.start_processes(_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method="spawn")
+    forked_cli.server()  # the ranks are forked from a process that has imported torch and the methods once
+    ranks = mp.start_processes(
+        _rank_main, args=(2, free_port(), str(out)), nprocs=2, join=False, start_method="forkserver"
+    )
     deadline = time.monotonic() + STUCK_S
     while not ranks.join(timeout=1):  # raises at once when a rank fails
         if time.monotonic() > deadline:
@@ -215,23 +217,30 @@ def test_ckd_local_option_gives_the_per_replica_loss(runs):
     assert two[0]["ckd"]["losses"][0] != pytest.approx(two[0]["ckd_local"]["losses"][0], rel=1e-6)
 
 
-def cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO), **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, str(REPO / "benchmark" / "run.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=STUCK_S,
-    )
+def cli(*args: str, env_extra: dict | None = None, ranks_forked: bool = False) -> subprocess.CompletedProcess:
+    """``benchmark/run.py`` in its own process (``tests/forked_cli.py``); its ranks spawned as the launch does,
+    or with ``ranks_forked`` forked from a server that has done the imports (arguments pickled alike)."""
+    env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, **(env_extra or {})}
+    return forked_cli.run_cli(*args, env=env, timeout=STUCK_S, ranks_forked=ranks_forked)
 
 
 SWEEP = ("--suite", "digits", "--methods", "crd,ckd", "--seeds", "1", "--epochs", "1", "--nproc", "2")
 SWEEP += ("--no-baseline", "--no-aggregate")
 
 
-def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_path):
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory) -> Path:
+    """A community-layout teacher folder (random weights: these tests are about the ranks, not accuracy)."""
+    from benchmark.models import build_model
+    from benchmark.store.checkpoints import save_community_checkpoint
+
+    root = tmp_path_factory.mktemp("teachers")
+    torch.manual_seed(0)
+    save_community_checkpoint(build_model("small_cnn_w32", 10), root / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth")
+    return root
+
+
+def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(teachers, tmp_path):
     """crd and ckd train as one DDP cohort (each member in its own DDP wrapper), then alone."""
     from benchmark.models import build_model
     from benchmark.store.checkpoints import load_community_checkpoint
@@ -239,12 +248,12 @@ def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_pat
     from benchmark.suites import get_suite
     from benchmark.sweep.teachers import evaluate_top1
 
-    out = cli(*SWEEP, "--work-dir", str(tmp_path))
+    # Ranks forked from a server that did the imports (the NaN test below launches spawned ranks).
+    out = cli(*SWEEP, "--teachers", str(teachers), "--work-dir", str(tmp_path), ranks_forked=True)
     assert out.returncode == 0, out.stdout + out.stderr
     # The same two runs trained alone (--no-cohort): a DDP cohort changes no number and no weight.
     alone_root = tmp_path / "alone"
-    shutil.copytree(tmp_path / "digits" / "unified-e1", alone_root / "digits" / "unified-e1")  # the same teacher
-    solo = cli(*SWEEP, "--work-dir", str(alone_root), "--no-cohort")
+    solo = cli(*SWEEP, "--teachers", str(teachers), "--work-dir", str(alone_root), "--no-cohort", ranks_forked=True)
     assert solo.returncode == 0, solo.stdout + solo.stderr
     for method in ("crd", "ckd"):
         run_dir = tmp_path / "digits" / "unified-e1-w2" / "small_cnn_w32-small_cnn_w8" / method / "seed0"
@@ -268,7 +277,7 @@ def test_cli_nproc_2_records_world_size_2_and_validates_every_image_once(tmp_pat
     assert "contrast global" in out.stdout
 
 
-def test_nan_on_one_rank_fails_the_run_without_hanging(tmp_path):
+def test_nan_on_one_rank_fails_the_run_without_hanging(teachers, tmp_path):
     from benchmark.store.records import read_record
 
     out = cli(
@@ -284,10 +293,12 @@ def test_nan_on_one_rank_fails_the_run_without_hanging(tmp_path):
         "2",
         "--no-baseline",
         "--no-aggregate",
+        "--teachers",
+        str(teachers),
         "--work-dir",
         str(tmp_path),
         env_extra={"KD_FAULT": "nan_loss NAN rank=1 epoch=1 iter=2 method=kd"},
-    )
+    )  # the ranks spawned, as the launch does (one launch, ended by the NaN: the cheapest)
     assert out.returncode == 1, out.stdout + out.stderr
     runs = tmp_path / "digits" / "unified-e2-w2" / "small_cnn_w32-small_cnn_w8"
     record = read_record(runs / "kd" / "seed0" / "record.json")

@@ -1,6 +1,7 @@
 """Fault battery: the real CLI on the digits suite, with faults injected, loses nothing.
 
-Each case starts ``benchmark/run.py`` as a user would (a subprocess), injects a fault through
+Each case starts ``benchmark/run.py`` in a process of its own (forked with its imports done:
+``tests/forked_cli.py``; one check starts a new interpreter as a user does), injects a fault through
 ``KD_FAULT`` (see :mod:`benchmark.faults`): a signal at a named point, a torn checkpoint,
 a NaN loss, a second sweep at the same moment, a kill during aggregation, bad input. Then it
 checks what is on disk: every record complete and equal to the uninterrupted run's (same
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,39 +21,25 @@ import torch
 from benchmark.models import build_model
 from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
 from benchmark.store.records import read_record
+from tests.forked_cli import Cli
 
 REPO = Path(__file__).resolve().parent.parent
-RUN_PY = str(REPO / "benchmark" / "run.py")
 PAIR = "small_cnn_w32-small_cnn_w8"
 KILLED_TABLE = "digits_best.md"
 BASE = ["--suite", "digits", "--seeds", "1", "--epochs", "2", "--no-baseline", "--no-aggregate"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def ctrl_c_reaches_the_cli():
-    """The INT faults need SIGINT to act in the CLI as Ctrl-C does in a terminal.
-
-    A runner started in the background by a script (``tox -e py &``, nohup in CI) ignores SIGINT,
-    its children inherit that, and Python then never turns SIGINT into KeyboardInterrupt: the
-    INT cases ran to completion and failed. Only an ignored SIGINT is replaced, for this module.
-    """
-    previous = signal.getsignal(signal.SIGINT)
-    if previous == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def cli(
-    *args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 300
+    *args: str, fault: str | None = None, cwd: Path | None = None, timeout: float = 300, fresh: bool = False
 ) -> subprocess.CompletedProcess:
+    return start(*args, fault=fault, cwd=cwd, fresh=fresh).wait(timeout)
+
+
+def start(*args: str, fault: str | None = None, cwd: Path | None = None, fresh: bool = False) -> Cli:
     env = {k: v for k, v in os.environ.items() if k != "KD_FAULT"}
-    env["PYTHONPATH"] = str(REPO)
     if fault:
         env["KD_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, RUN_PY, *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return Cli(*args, env=env, cwd=cwd, fresh=fresh)
 
 
 def run_dir(work: Path, method: str, variant: str = "unified-e2") -> Path:
@@ -170,7 +156,6 @@ def test_nan_in_one_method_fails_that_run_and_the_sweep_goes_on(teachers, tmp_pa
 def test_two_sweeps_at_once_run_everything_exactly_once(tmp_path):
     """No --teachers: the teacher stage races too."""
     args = [
-        RUN_PY,
         "--suite",
         "digits",
         "--methods",
@@ -184,15 +169,9 @@ def test_two_sweeps_at_once_run_everything_exactly_once(tmp_path):
         "--work-dir",
         str(tmp_path),
     ]
-    env = {**{k: v for k, v in os.environ.items() if k != "KD_FAULT"}, "PYTHONPATH": str(REPO)}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    outs = [proc.communicate(timeout=300) for proc in procs]
-    codes = [proc.returncode for proc in procs]
+    procs = [start(*args) for _ in range(2)]  # started within milliseconds of each other
+    done = [proc.wait(300) for proc in procs]
+    outs, codes = [(d.stdout, d.stderr) for d in done], [d.returncode for d in done]
     stdout = "".join(out for out, _ in outs)
     assert set(codes) <= {0, 3} and 0 in codes, (codes, outs)
     assert stdout.count("teacher small_cnn_w32: training") == 1, stdout
@@ -277,7 +256,8 @@ def test_cli_mistakes(extra, needle, tmp_path):
     assert not (tmp_path / "w").exists()  # nothing was created
     # The same through a real process, for one of them (one line on stderr, no traceback).
     if extra[-1] == "0":
-        one_line_error(cli("--suite", "digits", "--work-dir", str(tmp_path / "w"), *extra), needle)
+        # A new interpreter: what it prints while importing counts too.
+        one_line_error(cli("--suite", "digits", "--work-dir", str(tmp_path / "w"), *extra, fresh=True), needle)
 
 
 def test_missing_teachers_stop_before_anything_runs(tmp_path):

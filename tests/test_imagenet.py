@@ -520,6 +520,18 @@ def test_published_imagenet_numbers_map_to_zoo_names_and_give_a_delta(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+# The end-to-end runs: 2 train images a class (batch 3: 2 iterations an epoch) and 1 val image.
+RUN_PER_CLASS_TRAIN, RUN_PER_CLASS_VAL, RUN_BATCH = 2, 1, 3
+RUN_DATA = N_CLASSES * RUN_PER_CLASS_TRAIN
+
+
+@pytest.fixture(scope="module")
+def run_imagenet(tmp_path_factory) -> Path:
+    return write_tiny_imagefolder(
+        tmp_path_factory.mktemp("imagenet-runs"), N_CLASSES, RUN_PER_CLASS_TRAIN, RUN_PER_CLASS_VAL, (300, 260), seed=0
+    )
+
+
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
@@ -530,15 +542,15 @@ def teacher_checkpoint(tmp_path_factory) -> Path:
 
 def tiny_spec(method: str, run_dir: Path, data_root: Path, teacher_checkpoint: Path, epochs: int = 1) -> RunSpec:
     """The real suite (1000-way heads; the tiny data's targets 0..2 are valid labels), its
-    dataset config and preprocessor, resnet18_in1k as teacher and student, batch 6 (2 iterations an epoch)."""
+    dataset config and preprocessor, resnet18_in1k as teacher and student, batch 3 (2 iterations an epoch)."""
     pair = Pair("resnet18_in1k", "resnet18_in1k")
     # The recipe of the suite's ResNet34→ResNet18 pair (DKD's beta is per pair), on a cheaper teacher.
-    recipe = SUITE.resolve("unified", R34_R18, method).adjusted(epochs=epochs, batch_size=6)
+    recipe = SUITE.resolve("unified", R34_R18, method).adjusted(epochs=epochs, batch_size=RUN_BATCH)
     if method in (
         "crd",
         "crd_kd",
-    ):  # CRD needs K < N: 8 negatives of the 12 images (the sampler draws with replacement)
-        recipe = dataclasses.replace(recipe, method={**recipe.method, "nce_k": 8})
+    ):  # CRD needs K < N: 4 negatives of the 6 images (the sampler draws with replacement)
+        recipe = dataclasses.replace(recipe, method={**recipe.method, "nce_k": 4})
     return RunSpec(
         suite=SUITE,
         pair=pair,
@@ -554,13 +566,13 @@ def tiny_spec(method: str, run_dir: Path, data_root: Path, teacher_checkpoint: P
 
 
 @pytest.mark.parametrize("method", ["ce", "kd", "dkd", "crd", "crd_kd", "ckd", "fitnet"])
-def test_one_epoch_through_the_mmengine_runner(method, tiny_imagenet, teacher_checkpoint, tmp_path):
+def test_one_epoch_through_the_mmengine_runner(method, run_imagenet, teacher_checkpoint, tmp_path):
     """Every method: 2 training iterations and one validation through MMEngine's Runner."""
-    spec = tiny_spec(method, tmp_path / method, tiny_imagenet, teacher_checkpoint)
-    num_data = N_CLASSES * PER_CLASS_TRAIN
+    spec = tiny_spec(method, tmp_path / method, run_imagenet, teacher_checkpoint)
+    num_data = RUN_DATA
     cfg = build_config(spec, num_data)
-    assert cfg.train_dataloader.dataset.type == "ImageNetDistill" and cfg.train_dataloader.batch_size == 6
-    assert cfg.train_dataloader.dataset.get("contrast_k") == (8 if method.startswith("crd") else None)
+    assert cfg.train_dataloader.dataset.type == "ImageNetDistill" and cfg.train_dataloader.batch_size == RUN_BATCH
+    assert cfg.train_dataloader.dataset.get("contrast_k") == (4 if method.startswith("crd") else None)
     record = execute(spec, num_data, new_record(spec), resume=False, say=lambda _l: None)
     assert record.status == "completed", record.failure
     assert [p.epoch for p in record.curve] == [1] and record.runtime["measured_iterations"] >= 1
@@ -572,14 +584,14 @@ def test_one_epoch_through_the_mmengine_runner(method, tiny_imagenet, teacher_ch
 
 
 def test_an_interrupted_imagenet_run_resumes_to_the_uninterrupted_record(
-    tiny_imagenet, teacher_checkpoint, tmp_path, monkeypatch
+    run_imagenet, teacher_checkpoint, tmp_path, monkeypatch
 ):
     from benchmark import faults
 
-    num_data = N_CLASSES * PER_CLASS_TRAIN
-    straight = tiny_spec("kd", tmp_path / "straight", tiny_imagenet, teacher_checkpoint, epochs=2)
+    num_data = RUN_DATA
+    straight = tiny_spec("kd", tmp_path / "straight", run_imagenet, teacher_checkpoint, epochs=2)
     reference = execute(straight, num_data, new_record(straight), resume=False, say=lambda _l: None)
-    spec = tiny_spec("kd", tmp_path / "broken", tiny_imagenet, teacher_checkpoint, epochs=2)
+    spec = tiny_spec("kd", tmp_path / "broken", run_imagenet, teacher_checkpoint, epochs=2)
 
     def interrupt(point, **context):
         if point == "after_checkpoint" and context.get("epoch") == 1:

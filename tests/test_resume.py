@@ -26,7 +26,7 @@ from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
 
 SUITE = get_suite("digits")
 PAIR = Pair("small_cnn_w32", "small_cnn_w8")
-EPOCHS = 3
+EPOCHS = 2  # a middle epoch (1) and the last one (2): every interruption point below
 N_TRAIN = 1438  # the digits training split
 
 
@@ -90,8 +90,8 @@ def uninterrupted(teacher_file, tmp_path_factory) -> dict[str, tuple[RunRecord, 
 
 
 POINTS = [
-    ("mid_epoch", {"epoch": 2, "iter": 3}),
-    ("after_checkpoint", {"epoch": 2}),  # a middle epoch: checkpoint on disk, never validated
+    ("mid_epoch", {"epoch": 2, "iter": 3}),  # resumes from epoch 1's checkpoint
+    ("after_checkpoint", {"epoch": 1}),  # a middle epoch: checkpoint on disk, never validated
     ("after_checkpoint", {"epoch": EPOCHS}),  # the last one: training is over when it resumes
     ("before_finalise", {}),  # every epoch validated, the record still 'running'
 ]
@@ -135,7 +135,7 @@ def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_prev
     with pytest.raises(KeyboardInterrupt):
         execute(spec, N_TRAIN, new_record(spec), resume=False, say=lambda _l: None)
     checkpoints = epoch_checkpoints(tmp_path / "mmengine")
-    assert [epoch for epoch, _ in checkpoints] == [3, 2]  # the previous one is kept
+    assert [epoch for epoch, _ in checkpoints] == [EPOCHS, EPOCHS - 1]  # the previous one is kept
     newest = checkpoints[0][1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # what a kill during torch.save leaves
 
@@ -143,7 +143,7 @@ def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_prev
     resumed = execute(spec, N_TRAIN, read_record(tmp_path / "record.json"), resume=True, say=lines.append)
     assert comparable(resumed) == comparable(reference)
     students_equal(tmp_path, reference_dir)
-    assert (tmp_path / "mmengine" / "epoch_3.pth.unreadable").is_file()  # set aside, not deleted
+    assert (tmp_path / "mmengine" / f"epoch_{EPOCHS}.pth.unreadable").is_file()  # set aside, not deleted
     assert any("does not load" in line and "set aside" in line for line in lines)
 
 
@@ -174,9 +174,9 @@ def test_checkpoints_are_written_atomically(uninterrupted, teacher_file, tmp_pat
 def test_a_completed_record_with_a_hole_is_refused(uninterrupted, tmp_path):
     reference, _ = uninterrupted["kd"]
     holed = RunRecord.from_dict(reference.to_dict())
-    holed.curve = [p for p in holed.curve if p.epoch != 2]
+    holed.curve = [p for p in holed.curve if p.epoch != 1]
     (tmp_path / "record.json").write_text(__import__("json").dumps(holed.to_dict()))
-    with pytest.raises(RecordError, match=r"hole in its curve: epoch\(s\) 2 of 1..3 never validated"):
+    with pytest.raises(RecordError, match=r"hole in its curve: epoch\(s\) 1 of 1..2 never validated"):
         read_record(tmp_path / "record.json")
     holed.status = "running"  # an unfinished run may have a partial curve
     assert RunRecord.from_dict(holed.to_dict()).status == "running"

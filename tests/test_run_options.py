@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from benchmark.sweep.in_process import run_spec
 from benchmark.sweep.options import parse_args
 from benchmark.sweep.plan import BASELINE, plan_sweep
 from benchmark.train import build_config
+from tests import forked_cli
 
 REPO = Path(__file__).resolve().parent.parent
 PROBLEM = detection_stack_problem()
@@ -41,10 +41,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as a
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "benchmark/run.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    """``benchmark/run.py`` in its own process, forked with its imports done (``tests/forked_cli.py``)."""
+    return forked_cli.run_cli(*args)
 
 
 def planned_configs(suite: str, tmp_path: Path, *options: str) -> list:

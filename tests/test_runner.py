@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,8 @@ from benchmark.store.checkpoints import CheckpointError, load_community_checkpoi
 from benchmark.store.records import read_record
 from benchmark.suites import Pair, ResolvedRecipe, Schedule, get_suite
 from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
+from tests import forked_cli
 
-REPO = Path(__file__).resolve().parent.parent
 PAIR = Pair("resnet20", "resnet8")
 N_TRAIN = 128
 
@@ -179,14 +178,9 @@ def test_corrupt_and_mismatched_teacher_checkpoints_are_clear_errors(tmp_path, t
         load_community_checkpoint(build_model("resnet8", 100), tmp_path / "missing.pth")
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "benchmark" / "run.py"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run_cli(*args: str, cwd: Path, fresh: bool = False) -> subprocess.CompletedProcess:
+    """``benchmark/run.py`` in its own process (forked with its imports done; ``fresh``: a new interpreter)."""
+    return forked_cli.run_cli(*args, cwd=cwd, timeout=600, fresh=fresh)
 
 
 def test_cli_dry_run_prints_the_cifar100_plan(tmp_path):
@@ -218,7 +212,8 @@ def test_cli_dry_run_prints_the_cifar100_plan(tmp_path):
     ],
 )
 def test_cli_user_errors_are_one_line_and_exit_2(args, message, tmp_path):
-    out = run_cli(*args, "--work-dir", str(tmp_path / "w"), cwd=tmp_path)
+    # The missing data root in a new interpreter: what it prints while importing counts too.
+    out = run_cli(*args, "--work-dir", str(tmp_path / "w"), cwd=tmp_path, fresh="--data-root" in args)
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
