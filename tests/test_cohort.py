@@ -25,7 +25,8 @@ EPOCHS = 3
 N_TRAIN = 1438  # the digits training split
 METHODS = ("ce", "kd", "fitnet", "crd", "dkd", "ckd")  # the baseline and the five methods
 
-pytestmark = pytest.mark.xdist_group("cohort")  # the solo runs are one module fixture
+# The tests that compare with the runs alone share them (one module fixture): one xdist worker.
+with_runs_alone = pytest.mark.xdist_group("cohort")
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,7 @@ def assert_identical_to_alone(records: list[RunRecord], root: Path, alone: dict,
         assert_students_equal(root / PAIR.name / method / "seed0", alone["root"] / PAIR.name / method / "seed0")
 
 
+@with_runs_alone
 def test_every_member_is_bit_identical_to_its_run_alone(alone, teacher_file, tmp_path):
     records = train_cohort_at(tmp_path, teacher_file)
     assert_identical_to_alone(records, tmp_path, alone)
@@ -116,6 +118,7 @@ def interrupt_at(monkeypatch, point: str, **wanted) -> None:
     monkeypatch.setattr(faults, "fire", fire)
 
 
+@with_runs_alone
 def test_a_cohort_killed_mid_epoch_resumes_to_identical_records(alone, teacher_file, tmp_path, monkeypatch):
     interrupt_at(monkeypatch, "mid_epoch", epoch=2, iter=5)
     with pytest.raises(KeyboardInterrupt):
@@ -127,6 +130,7 @@ def test_a_cohort_killed_mid_epoch_resumes_to_identical_records(alone, teacher_f
     assert all(record.extra["attempts"] == 2 for record in records)
 
 
+@with_runs_alone
 def test_a_member_interrupted_alone_resumes_in_a_cohort_and_vice_versa(alone, teacher_file, tmp_path, monkeypatch):
     """The members' checkpoints have the format of a run alone: either can resume the other."""
     spec = spec_for("dkd", tmp_path, teacher_file)
@@ -142,6 +146,7 @@ def test_a_member_interrupted_alone_resumes_in_a_cohort_and_vice_versa(alone, te
     assert records[2].extra["cohort"] == ["kd", "crd"]
 
 
+@with_runs_alone
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_go_on(alone, teacher_file, tmp_path, monkeypatch):
     monkeypatch.setenv(faults.ENV, "nan_loss NAN epoch=2 iter=3 method=dkd")
     monkeypatch.setitem(faults._state, "fired", False)
