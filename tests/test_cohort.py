@@ -172,7 +172,7 @@ def test_the_cohort_benchmark_measures_both_arms_in_fresh_processes():
     markdown = to_markdown(
         {"env": {"device": "cpu", "torch": "x", "threads": 1, "date": "d"}, "amp": False, "results": [result]}
     )
-    assert "| digits | small_cnn_w32 -> small_cnn_w8 |" in markdown
+    assert "| digits | small_cnn_w32 -> small_cnn_w8 | 1 |" in markdown
 
 
 def test_runs_from_before_per_method_streams_never_share_a_table_cell_or_a_work_dir(tmp_path):

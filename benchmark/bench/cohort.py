@@ -1,9 +1,9 @@
 """Lockstep cohort vs the same runs one after another: training images/s and peak memory.
 
-    python -m benchmark.bench.cohort [--workloads digits,cifar] [--steps 20] [--device cuda --amp]
+    python -m benchmark.bench.cohort [--workloads digits,cifar] [--steps N] [--device cuda --amp]
 
 Six runs of one (pair, seed) — the student baseline (ce) and KD, FitNet, CRD, DKD, CKD — train
-``--steps`` batches each, after ``--warmup`` batches:
+``--steps`` batches each (default 100 on digits, 8 on cifar), after ``--warmup`` batches:
 
 - **alone**: each run in turn, as ``--no-cohort`` trains them: its own data loading and
   preprocessing, its own teacher forward;
@@ -37,8 +37,8 @@ from .timing import add_device_arguments, apply_device_arguments, env_info, writ
 
 METHODS = ("ce", "kd", "fitnet", "crd", "dkd", "ckd")
 WORKLOADS = {
-    "digits": dict(suite="digits", teacher="small_cnn_w32", student="small_cnn_w8", dataset="digits"),
-    "cifar": dict(suite="cifar100", teacher="resnet32x4", student="resnet8x4", dataset="cifar100"),
+    "digits": dict(suite="digits", teacher="small_cnn_w32", student="small_cnn_w8", dataset="digits", steps=100),
+    "cifar": dict(suite="cifar100", teacher="resnet32x4", student="resnet8x4", dataset="cifar100", steps=8),
 }
 BATCH_SIZE = 64
 
@@ -199,15 +199,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         "# Lockstep cohort vs runs one after another",
         "",
         f"{env['device']}, torch {env['torch']}, {env['threads']} thread(s), {env['date']}; "
-        f"amp {report['amp']}; six runs ({', '.join(METHODS)}) x {report['results'][0]['steps']} steps of "
-        f"batch {BATCH_SIZE} per arm. Produced by `python -m benchmark.bench.cohort`.",
+        f"amp {report['amp']}; six runs ({', '.join(METHODS)}), batch {BATCH_SIZE}, the steps per run below, "
+        "after 2 unmeasured ones. Produced by `python -m benchmark.bench.cohort`.",
         "",
-        "| workload | pair | alone img/s | cohort img/s | speed-up | peak MB alone | peak MB cohort |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | pair | steps | alone img/s | cohort img/s | speed-up | peak MB alone | peak MB cohort |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
-            f"| {r['workload']} | {r['pair']} | {r['alone']['images_per_s']} | {r['cohort']['images_per_s']} | "
+            f"| {r['workload']} | {r['pair']} | {r['steps']} | {r['alone']['images_per_s']} | {r['cohort']['images_per_s']} | "
             f"{r['speedup']:.2f}x | {r['alone']['peak_memory_mb']} | {r['cohort']['peak_memory_mb']} |"
         )
     lines += [
@@ -221,7 +221,9 @@ def to_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="digits,cifar", help="comma list of: " + ", ".join(WORKLOADS))
-    parser.add_argument("--steps", type=int, default=20, help="measured batches per run (default 20)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="measured batches per run (default: 100 on digits, 8 on cifar)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured batches per run first (default 2)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (AmpOptimWrapper on CUDA)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/cohort.json"))
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     results = []
     for name in names:
-        result = measure(name, args.steps, args.warmup, args.device, args.amp, args.threads)
+        steps = args.steps or WORKLOADS[name]["steps"]
+        result = measure(name, steps, args.warmup, args.device, args.amp, args.threads)
         print(
             f"{name}: alone {result['alone']['images_per_s']} img/s, cohort {result['cohort']['images_per_s']} img/s "
             f"-> {result['speedup']:.2f}x; peak {result['alone']['peak_memory_mb']} -> {result['cohort']['peak_memory_mb']} MB",
