@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from benchmark import faults
-from benchmark.models import build_model
-from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.store.checkpoints import epoch_checkpoints
 from benchmark.store.records import RunRecord, read_record
 from benchmark.suites import Pair, get_suite
 from benchmark.train import STUDENT_EXPORT, RunSpec, execute, execute_cohort, new_record
+from tests.digits_runs import assert_students_equal, interrupt_at, random_teacher
 
 SUITE = get_suite("digits")
 PAIR = Pair("small_cnn_w32", "small_cnn_w8")
@@ -31,10 +31,7 @@ with_runs_alone = pytest.mark.xdist_group("cohort")
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teachers") / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth"
-    save_community_checkpoint(build_model("small_cnn_w32", 10), path)
-    return path
+    return random_teacher(tmp_path_factory.mktemp("teachers"))
 
 
 def spec_for(method: str, root: Path, teacher: Path, seed: int = 0, epochs: int = EPOCHS) -> RunSpec:
@@ -56,14 +53,6 @@ def spec_for(method: str, root: Path, teacher: Path, seed: int = 0, epochs: int 
 def comparable(record: RunRecord) -> tuple:
     curve = [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve]
     return record.status, curve, record.last_top1, record.best_top1, record.best_epoch
-
-
-def assert_students_equal(a: Path, b: Path) -> None:
-    left = torch.load(a / STUDENT_EXPORT, weights_only=True)["model"]
-    right = torch.load(b / STUDENT_EXPORT, weights_only=True)["model"]
-    assert left.keys() == right.keys()
-    for key in left:
-        assert torch.equal(left[key], right[key]), key
 
 
 def quiet(_line: str) -> None:
@@ -104,18 +93,6 @@ def test_every_member_is_bit_identical_to_its_run_alone(alone, teacher_file, tmp
         assert record.images_per_s > 0 and record.runtime["teacher_forward_ms"] >= 0
         # Its own checkpoints, in its own run directory, as a run alone keeps them (the newest two).
         assert sorted(e for e, _ in epoch_checkpoints(tmp_path / PAIR.name / method / "seed0" / "mmengine")) == [2, 3]
-
-
-def interrupt_at(monkeypatch, point: str, **wanted) -> None:
-    """Make faults.fire raise KeyboardInterrupt (what SIGINT does) once at ``point``."""
-    state = {"done": False}
-
-    def fire(name: str, **context) -> None:
-        if name == point and not state["done"] and all(context.get(k) == v for k, v in wanted.items()):
-            state["done"] = True
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(faults, "fire", fire)
 
 
 @with_runs_alone

@@ -231,12 +231,10 @@ SWEEP += ("--no-baseline", "--no-aggregate")
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory) -> Path:
     """A community-layout teacher folder (random weights: these tests are about the ranks, not accuracy)."""
-    from benchmark.models import build_model
-    from benchmark.store.checkpoints import save_community_checkpoint
+    from tests.digits_runs import random_teacher
 
     root = tmp_path_factory.mktemp("teachers")
-    torch.manual_seed(0)
-    save_community_checkpoint(build_model("small_cnn_w32", 10), root / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth")
+    random_teacher(root)
     return root
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.models import build_model
-from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.store.checkpoints import epoch_checkpoints
 from benchmark.store.records import read_record
+from tests.digits_runs import random_teacher
 from tests.forked_cli import Cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,8 +78,7 @@ def one_line_error(out: subprocess.CompletedProcess, *needles: str) -> None:
 def teachers(tmp_path_factory) -> Path:
     """A community-layout teacher folder (random weights: the battery tests mechanics, not accuracy)."""
     root = tmp_path_factory.mktemp("teachers")
-    torch.manual_seed(0)
-    save_community_checkpoint(build_model("small_cnn_w32", 10), root / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth")
+    random_teacher(root)
     return root
 
 

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import faults
-from benchmark.models import build_model
-from benchmark.store.checkpoints import epoch_checkpoints, save_community_checkpoint
+from benchmark.store.checkpoints import epoch_checkpoints
 from benchmark.store.records import RecordError, RunRecord, read_record
 from benchmark.suites import Pair, get_suite
-from benchmark.train import STUDENT_EXPORT, RunSpec, execute, new_record
+from benchmark.train import RunSpec, execute, new_record
+from tests.digits_runs import assert_students_equal, interrupt_at, random_teacher
 
 SUITE = get_suite("digits")
 PAIR = Pair("small_cnn_w32", "small_cnn_w8")
@@ -32,10 +31,7 @@ N_TRAIN = 1438  # the digits training split
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teachers") / "small_cnn_w32_vanilla" / "ckpt_epoch_240.pth"
-    save_community_checkpoint(build_model("small_cnn_w32", 10), path)
-    return path
+    return random_teacher(tmp_path_factory.mktemp("teachers"))
 
 
 def spec_for(method: str, run_dir: Path, teacher: Path) -> RunSpec:
@@ -54,29 +50,9 @@ def spec_for(method: str, run_dir: Path, teacher: Path) -> RunSpec:
     )
 
 
-def interrupt_at(monkeypatch, point: str, **wanted) -> None:
-    """Make faults.fire raise KeyboardInterrupt (what SIGINT does) once at ``point``."""
-    state = {"done": False}
-
-    def fire(name: str, **context) -> None:
-        if name == point and not state["done"] and all(context.get(k) == v for k, v in wanted.items()):
-            state["done"] = True
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(faults, "fire", fire)
-
-
 def comparable(record: RunRecord) -> tuple:
     curve = [(p.epoch, p.top1, p.top5, p.loss) for p in record.curve]
     return record.status, curve, record.last_top1, record.best_top1, record.best_epoch, record.last_top5
-
-
-def students_equal(a: Path, b: Path) -> None:
-    left = torch.load(a / STUDENT_EXPORT, weights_only=True)["model"]
-    right = torch.load(b / STUDENT_EXPORT, weights_only=True)["model"]
-    assert left.keys() == right.keys()
-    for key in left:
-        assert torch.equal(left[key], right[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +95,7 @@ def test_resumed_record_equals_the_uninterrupted_one(
     resumed = execute(spec, N_TRAIN, partial, resume=True, say=lambda _l: None)
     assert comparable(resumed) == comparable(reference)
     assert comparable(read_record(tmp_path / "record.json")) == comparable(reference)
-    students_equal(tmp_path, reference_dir)
+    assert_students_equal(tmp_path, reference_dir)
     # Time and throughput cover the training behind the final weights, over both attempts.
     assert resumed.extra["attempts"] == 2
     assert resumed.wall_time_s > 0 and resumed.images_per_s > 0
@@ -142,7 +118,7 @@ def test_a_torn_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_prev
     lines: list[str] = []
     resumed = execute(spec, N_TRAIN, read_record(tmp_path / "record.json"), resume=True, say=lines.append)
     assert comparable(resumed) == comparable(reference)
-    students_equal(tmp_path, reference_dir)
+    assert_students_equal(tmp_path, reference_dir)
     assert (tmp_path / "mmengine" / f"epoch_{EPOCHS}.pth.unreadable").is_file()  # set aside, not deleted
     assert any("does not load" in line and "set aside" in line for line in lines)
 
@@ -157,7 +133,7 @@ def test_no_loadable_checkpoint_starts_over_and_says_so(uninterrupted, teacher_f
     lines: list[str] = []
     resumed = execute(spec, N_TRAIN, read_record(tmp_path / "record.json"), resume=True, say=lines.append)
     assert comparable(resumed) == comparable(reference)
-    students_equal(tmp_path, reference_dir)
+    assert_students_equal(tmp_path, reference_dir)
     assert any("starts over" in line for line in lines)
 
 
