@@ -86,6 +86,15 @@ def test_every_method_trains_through_the_runner(name, tiny_cifar100, teacher_che
         "ce": "loss_ce",
     }[name]
     assert f'"{expected_term}"' in scalars
+    # The config MMEngine keeps in each checkpoint (not yapf-formatted) is the run's config.py.
+    from mmengine.config import Config
+
+    from benchmark.store.checkpoints import allow_mmengine_checkpoint_globals
+
+    with allow_mmengine_checkpoint_globals():
+        checkpoint = torch.load(tmp_path / name / "mmengine" / "epoch_1.pth", weights_only=True)
+    kept = Config.fromstring(checkpoint["meta"]["cfg"], ".py").to_dict()
+    assert kept == Config.fromfile(tmp_path / name / "config.py").to_dict()
 
 
 class Interrupt(Hook):

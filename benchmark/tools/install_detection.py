@@ -18,12 +18,21 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements-detection.txt"
 BUILD_FLAGS = "-DNDEBUG -fwrapv -O3 -g0"
+# What torch's BuildExtension appends to every mmcv source's compile line (its ``post_cflags``).
+POST_FLAGS = ("-std=c++17", "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_ext")
+# 63 of mmcv's 77 CPU sources start with this header, which pulls in torch's: parsing it is ~8 of the
+# ~10 s each source takes. Precompiled once (GCC finds ``<name>.gch`` in the first include directory),
+# it cuts the build's CPU time by about half; GCC ignores a precompiled header whose flags differ.
+HELPER_HEADER = "mmcv/ops/csrc/common/pytorch_cpp_helper.hpp"
 
 PROBE = """
 import mmcv, mmdet, torch
@@ -64,6 +73,66 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
         raise SystemExit(f"install_detection: failed: {' '.join(command[2:])}")
 
 
+def precompile_helper_header(source: Path, pch_dir: Path) -> bool:
+    """``pch_dir/pytorch_cpp_helper.hpp.gch``, compiled with the flags BuildExtension gives the sources."""
+    from torch.utils.cpp_extension import include_paths
+
+    includes = [source / Path(HELPER_HEADER).parent, *include_paths(), Path(sys.prefix) / "include"]
+    includes.append(sysconfig.get_paths()["include"])
+    pch_dir.mkdir(parents=True, exist_ok=True)
+    command = [os.environ.get("CXX", "c++"), *BUILD_FLAGS.split(), "-fPIC", *(f"-I{path}" for path in includes)]
+    command += [*POST_FLAGS, "-x", "c++-header", str(source / HELPER_HEADER)]
+    command += ["-o", str(pch_dir / (Path(HELPER_HEADER).name + ".gch"))]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        say(f"no precompiled header (the build goes on without it, slower): {result.stderr.strip()[-300:]}")
+    return result.returncode == 0
+
+
+def build_mmcv_wheel(version: str, cache: Path, jobs: int) -> None:
+    """mmcv's sdist, unpacked, with its helper header precompiled, built into a wheel in ``cache``."""
+    with tempfile.TemporaryDirectory(prefix="mmcv-build-") as scratch:
+        scratch = Path(scratch)
+        pip(
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            "-d",
+            str(scratch),
+            f"mmcv=={version}",
+        )
+        with tarfile.open(scratch / f"mmcv-{version}.tar.gz") as sdist:
+            sdist.extractall(scratch, filter="data")
+        source = scratch / f"mmcv-{version}"
+        step = time.perf_counter()
+        flags = BUILD_FLAGS
+        if precompile_helper_header(source, scratch / "pch"):
+            say(f"mmcv {version}: its helper header precompiled in {time.perf_counter() - step:.0f}s")
+            flags = f"-I{scratch / 'pch'} -Winvalid-pch {BUILD_FLAGS}"  # searched first: the .gch is found
+        env = {
+            **os.environ,
+            "MMCV_WITH_OPS": "1",
+            "FORCE_CUDA": os.environ.get("FORCE_CUDA", "0"),
+            "MAX_JOBS": str(jobs),  # ninja's parallel compile jobs
+            "CFLAGS": flags,
+        }
+        # --no-cache-dir: never a wheel from pip's own cache, built with other flags or against another torch.
+        pip(
+            "wheel",
+            "--quiet",
+            "--no-cache-dir",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(cache),
+            str(source),
+            env=env,
+        )
+
+
 def torch_tag() -> str:
     import torch
 
@@ -91,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     say(f"the detection stack does not import yet ({detail})")
 
     step = time.perf_counter()
-    pip("install", "--quiet", f"setuptools=={wanted['setuptools']}")
+    pip("install", "--quiet", f"setuptools=={wanted['setuptools']}", f"ninja=={wanted['ninja']}")
     say(
-        f"setuptools {wanted['setuptools']} installed (pkg_resources for mmcv's build and mmengine) in {time.perf_counter() - step:.0f}s"
+        f"setuptools {wanted['setuptools']} (pkg_resources for mmcv's build and mmengine) and ninja {wanted['ninja']}"
+        f" (parallel compiles) installed in {time.perf_counter() - step:.0f}s"
     )
 
     cache = Path(args.wheel_cache) / torch_tag()
@@ -106,25 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             f"mmcv {mmcv_version}: building a wheel from source with the CPU ops ({args.jobs} jobs, several minutes) into {cache}"
         )
         step = time.perf_counter()
-        env = {
-            **os.environ,
-            "MMCV_WITH_OPS": "1",
-            "FORCE_CUDA": os.environ.get("FORCE_CUDA", "0"),
-            "MAX_JOBS": str(args.jobs),
-            "CFLAGS": BUILD_FLAGS,
-        }
-        # --no-cache-dir: never a wheel from pip's own cache, built with other flags or against another torch.
-        pip(
-            "wheel",
-            "--quiet",
-            "--no-cache-dir",
-            "--no-deps",
-            "--no-build-isolation",
-            "--wheel-dir",
-            str(cache),
-            f"mmcv=={mmcv_version}",
-            env=env,
-        )
+        build_mmcv_wheel(mmcv_version, cache, args.jobs)
         wheels = sorted(cache.glob(f"mmcv-{mmcv_version}-*.whl"))
         if not wheels:
             raise SystemExit(f"install_detection: failed: no mmcv wheel appeared in {cache}")
