@@ -1,21 +1,23 @@
-"""Tests of the aggregator (benchmark/aggregate.py, benchmark/report/).
+"""Tests of the aggregator (benchmark/aggregate.py, benchmark/report/) on the fixture records.
 
 The fixture records in tests/fixtures/records/ are written by
-:func:`build_fixture_records` (and checked against it). The golden tables in
-tests/golden/aggregate/ are compared byte for byte; to rewrite both after an
-intended change::
+:func:`tests.aggregate_fixtures.build_fixture_records` (and checked against it here). The
+golden tables in tests/golden/aggregate/ are compared byte for byte (here, and the COCO
+tables in tests/test_aggregate_coco.py); to rewrite all of them after an intended change::
 
-    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_aggregate.py -q
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_aggregate.py tests/test_aggregate_coco.py -q
+
+Also here: skipping and counting bad records, Welch marks, Δ against published numbers,
+footnotes, determinism, plots and the index. The command line and edge cases are in
+tests/test_aggregate_cli.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,183 +25,33 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.aggregate import AggregateSummary, aggregate, main
+from benchmark.aggregate import aggregate
 from benchmark.report import synthetic
 from benchmark.report.load import load_records
 from benchmark.report.published import load_published
 from benchmark.report.synthetic import make_record
 from benchmark.report.tables import build_suite_tables, suite_pair_order, welch_p
-from benchmark.store.records import SCHEMA_VERSION, write_record
+from benchmark.store.records import SCHEMA_VERSION
+from tests.aggregate_fixtures import (
+    CIFAR,
+    CIFAR_COMMUNITY,
+    CIFAR_COMMUNITY_VALUES,
+    CIFAR_VALUES,
+    COMMUNITY_SHA,
+    FIXTURE_VALUES,
+    FIXTURES,
+    GOLDEN,
+    P1,
+    P2,
+    UPDATE,
+    build_fixture_records,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 # The tidy CSV prints floats with "%.4f": a number read back from it is within half a unit of
 # the 4th decimal (5e-5) of the float64 the tables computed (whose own rounding error, a mean
 # or std of <= 3 values near 100, is ~1e-13), so 5e-5 + a margin is the tolerance against
 # a value computed here another way.
 CSV_TOL = 1e-4
-FIXTURES = ROOT / "tests" / "fixtures" / "records"
-GOLDEN = ROOT / "tests" / "golden" / "aggregate"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
-
-P1 = ("resnet56", "resnet20")  # has teacher runs, the batch-size ablation and runtime
-P2 = ("wrn_40_2", "wrn_16_2")  # no teacher runs: the teacher column comes from teacher_top1
-CIFAR = ("resnet32x4", "resnet8x4")  # has published numbers (CRD / DKD papers); teacher trained by the suite
-CIFAR_COMMUNITY = ("resnet56", "resnet20")  # has published numbers; the community teacher checkpoint
-
-# Last-epoch top-1 per seed. P1: DKD best, CRD inseparable (p = 0.35), KD separated (p = 0.02).
-# P2: CKD best, DKD inseparable (p = 0.10), CRD separated (p = 0.014).
-FIXTURE_VALUES = {
-    P1: {
-        "teacher": [72.10, 72.40, 72.25],
-        "ce": [69.00, 69.30, 68.85],
-        "kd": [70.50, 70.80, 70.20],
-        "crd": [71.00, 71.60, 70.70],
-        "dkd": [71.40, 71.55, 71.30],
-        "ckd": [70.00, 70.10, 69.95],
-    },
-    P2: {
-        "ce": [73.00, 73.20, 73.10],
-        "kd": [74.50, 74.70, 74.60],
-        "crd": [75.10, 75.30, 75.20],
-        "dkd": [75.00, 75.40, 74.90],
-        "ckd": [75.50, 75.60, 75.45],
-    },
-}
-CIFAR_VALUES = {
-    "teacher": [79.30, 79.50, 79.45],
-    "ce": [72.40, 72.60, 72.55],
-    "kd": [73.50, 73.70, 73.40],
-    "fitnet": [73.20],
-    "dkd": [76.00, 76.20, 76.10],
-    "ckd": [76.30, 76.10, 76.40],
-}
-# CIFAR_COMMUNITY's teacher: one teacher row evaluated from the community file (no curve).
-CIFAR_COMMUNITY_VALUES = {"teacher": [72.34], "ce": [69.10, 69.30], "kd": [70.40, 70.70]}
-COMMUNITY_SHA = hashlib.sha256(b"community resnet56_vanilla/ckpt_epoch_240.pth").hexdigest()
-RUNTIME = {
-    "data_wait_ms": 1.5,
-    "teacher_forward_ms": 3.0,
-    "student_forward_backward_ms": 9.0,
-    "distill_loss_ms": 0.5,
-    "peak_memory_mb": 812.0,
-}
-
-
-def _runtime(method: str, seed: int) -> dict[str, float]:
-    rt = dict(RUNTIME)
-    if method == "ce":
-        rt["teacher_forward_ms"] = rt["distill_loss_ms"] = 0.0
-    if method in ("crd", "ckd"):
-        rt["distill_loss_ms"] = 2.0 if method == "crd" else 1.0
-    rt["data_wait_ms"] += 0.1 * seed
-    return rt
-
-
-def build_fixture_records(root: Path) -> None:
-    """Write the fixture records (the committed tests/fixtures/records/ is this function's output)."""
-    for pair, methods in FIXTURE_VALUES.items():
-        for method, values in methods.items():
-            for seed, last in enumerate(values):
-                paper = method == "ckd"  # the mixed-recipe subset: CKD with its paper recipe (10 epochs)
-                # Teacher runs are recorded as the runner does: pair "<teacher>-<teacher>".
-                names = (pair[0], pair[0]) if method == "teacher" else pair
-                synthetic.write(
-                    root,
-                    make_record(
-                        "fixture",
-                        *names,
-                        method,
-                        seed,
-                        last,
-                        recipe="paper" if paper else "unified",
-                        epochs=10 if paper else 8,
-                        teacher_top1=None if method == "teacher" else (72.25 if pair == P1 else 75.61),
-                        runtime=_runtime(method, seed) if pair == P1 and method != "teacher" else None,
-                        env={**synthetic.ENV, "git_commit": "c0ffee000002"} if paper else None,
-                    ),
-                )
-    # Batch-size ablation (linear lr rule, base 64 / 0.05 from the main runs above).
-    for method, offset in (("kd", 0.0), ("dkd", 0.9)):
-        for size, drop in ((32, -0.2), (128, 0.3), (256, 0.9)):
-            for seed in range(2):
-                extra = {"batch_size_ablation": True, "base_batch_size": 64, "base_lr": 0.05, "lr_rule": "linear"}
-                synthetic.write(
-                    root,
-                    make_record(
-                        "fixture",
-                        *P1,
-                        method,
-                        seed,
-                        round(70.5 + offset - drop + 0.1 * seed, 2),
-                        batch_size=size,
-                        lr=0.05 * size / 64,
-                        teacher_top1=72.25,
-                        extra=extra,
-                    ),
-                )
-    # A suite with published numbers: Δ against the CRD / DKD papers.
-    for method, values in CIFAR_VALUES.items():
-        for seed, last in enumerate(values):
-            names = (CIFAR[0], CIFAR[0]) if method == "teacher" else CIFAR
-            # Teacher rows trained by the suite (no source): the Δ of this pair are marked not comparable.
-            synthetic.write(
-                root,
-                make_record(
-                    "cifar100",
-                    *names,
-                    method,
-                    seed,
-                    last,
-                    epochs=8,
-                    teacher_top1=None if method == "teacher" else 79.42,
-                ),
-            )
-    # A pair whose teacher is the community checkpoint, recorded as benchmark/teachers.py does: the
-    # file's sha256, a source, no curve; the distillation runs carry the same sha256 (the KD runs also
-    # say extra["teacher_source"], the CE runs leave it to be derived from the sha256).
-    for method, values in CIFAR_COMMUNITY_VALUES.items():
-        for seed, last in enumerate(values):
-            names = (CIFAR_COMMUNITY[0], CIFAR_COMMUNITY[0]) if method == "teacher" else CIFAR_COMMUNITY
-            record = make_record(
-                "cifar100",
-                *names,
-                method,
-                seed,
-                last,
-                epochs=8,
-                teacher_top1=None if method == "teacher" else 72.34,
-                extra={"teacher_source": "community"} if method == "kd" else None,
-            )
-            record.teacher_checkpoint_sha256 = COMMUNITY_SHA
-            if method == "teacher":
-                record.curve, record.best_top1, record.best_epoch, record.teacher_top1 = [], last, None, last
-                record.last_top5 = record.best_top5 = record.wall_time_s = record.images_per_s = None
-                record.extra["source"] = "community checkpoint teachers/resnet56_vanilla/ckpt_epoch_240.pth"
-            synthetic.write(root, record)
-    # What must be skipped and counted.
-    bad = root / "fixture" / "unified" / "resnet56-resnet20"
-    corrupt = bad / "kd" / "seed3" / "record.json"
-    corrupt.parent.mkdir(parents=True, exist_ok=True)
-    corrupt.write_text('{"suite": "fixture", "pair": "resnet56-resnet20", "curve": [{"epoch": 1, "to')
-    future = make_record("fixture", *P1, "dkd", 3, 71.0).to_dict()
-    future["schema_version"] = SCHEMA_VERSION + 1  # a schema from the future
-    path = bad / "dkd" / "seed3" / "record.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(future, indent=1, sort_keys=True) + "\n")
-    synthetic.write(
-        root,
-        make_record(
-            "fixture",
-            *P2,
-            "crd",
-            3,
-            0.0,
-            status="failed",
-            teacher_top1=75.61,
-            failure="RuntimeError: loss is NaN at epoch 3",
-        ),
-    )
-    synthetic.write(root, make_record("fixture", *P2, "kd", 3, 0.0, status="running", teacher_top1=75.61))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -580,250 +432,3 @@ def test_declared_pair_order(monkeypatch, tmp_path):
     assert build_suite_tables(records, "s", {}, suite_pair_order("s"))[0].pairs == [("a", "b"), ("z", "y")]
     monkeypatch.setitem(sys.modules, "benchmark.suites", None)  # not importable: sorted
     assert suite_pair_order("s") is None
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def test_cli_missing_work_dir(tmp_path, capsys):
-    assert main(["--work-dir", str(tmp_path / "nope"), "--tables", str(tmp_path / "t")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "work dir not found" in err and "Traceback" not in err
-    assert not (tmp_path / "t").exists()
-
-
-def test_cli_empty_and_ok(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    assert (
-        main(
-            [
-                "--work-dir",
-                str(tmp_path / "empty"),
-                "--tables",
-                str(tmp_path / "t"),
-                "--reports",
-                str(tmp_path / "r"),
-                "-q",
-            ]
-        )
-        == 1
-    )
-    err = capsys.readouterr().err
-    assert "no usable run record" in err and err.count("\n") == 1
-    synthetic.write(tmp_path / "w", make_record("s", "t", "st", "kd", 0, 70.0))
-    assert (
-        main(
-            [
-                "--work-dir",
-                str(tmp_path / "w"),
-                "--work-dir",
-                str(tmp_path / "empty"),
-                "--tables",
-                str(tmp_path / "t"),
-                "--reports",
-                str(tmp_path / "r"),
-            ]
-        )
-        == 0
-    )
-    assert "1 loaded, 0 skipped (corrupt), 0 failed runs, 0 running" in capsys.readouterr().out
-    assert (tmp_path / "t" / "s_last.md").is_file() and (tmp_path / "r" / "index.html").is_file()
-
-
-def test_cli_script_exit_code(tmp_path):
-    """``python benchmark/aggregate.py`` works as a script (no PYTHONPATH) and fails in one line."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmark" / "aggregate.py"), "--work-dir", str(tmp_path / "missing")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"error: work dir not found: {tmp_path / 'missing'}"]
-
-
-def test_aggregate_api_raises_on_missing_dir(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        aggregate([tmp_path / "missing"], tmp_path / "t", tmp_path / "r")
-    assert AggregateSummary().counts_line() == "0 loaded, 0 skipped (corrupt), 0 failed runs, 0 running"
-
-
-def test_odd_suite_name_is_a_safe_file_name(tmp_path):
-    write_record(make_record("../odd suite", "t", "st", "kd", 0, 70.0), tmp_path / "w" / "run")
-    summary = aggregate(tmp_path / "w", tmp_path / "t", tmp_path / "r")
-    assert summary.suites == ["../odd suite"]
-    assert sorted(p.name for p in summary.tables)[0] == "_odd_suite_best.csv"
-    assert all(p.parent == tmp_path / "t" for p in summary.tables)
-    assert "# ../odd suite: top-1" in (tmp_path / "t" / "_odd_suite_last.md").read_text()
-
-
-def test_rows_mixing_world_sizes_are_marked(tmp_path):
-    """Seeds of one row run on 1 and on 2 DDP processes: the table says so; a row on one size does not."""
-    from benchmark.report.synthetic import ENV, make_record, write
-
-    for seed in (0, 1):
-        write(
-            tmp_path / "w",
-            make_record(
-                "digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 90.0 + seed, env={**ENV, "world_size": 1 + seed}
-            ),
-        )
-        write(
-            tmp_path / "w",
-            make_record(
-                "digits", "small_cnn_w32", "small_cnn_w8", "dkd", seed, 91.0 + seed, env={**ENV, "world_size": 2}
-            ),
-        )
-    aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
-    text = (tmp_path / "t" / "digits_last.md").read_text()
-    assert "Rows mixing runs on different numbers of DDP processes: KD (1, 2 processes)." in text
-    assert "DKD (" not in text.split("Rows mixing runs")[1].split("\n")[0]
-
-
-# --------------------------------------------------------------------------- a suite with several metrics (COCO)
-
-COCO_PAIRS = (("frcnn_r101", "frcnn_r18"), ("frcnn_r50", "frcnn_mobilenetv2"))
-# Last-epoch bbox mAP per seed; AP50 / AP75 follow from it. Pair 1: DKD best, KD inseparable; pair 2: KD best.
-COCO_VALUES = {
-    COCO_PAIRS[0]: {
-        "ce": [30.1, 30.4, 30.2],
-        "kd": [31.9, 32.3, 32.0],
-        "dkd": [32.2, 32.4, 32.1],
-        "fitnet": [30.9, 31.0, 31.2],
-    },
-    COCO_PAIRS[1]: {"ce": [28.0, 28.3, 28.1], "kd": [29.6, 29.7, 29.8], "ckd": [29.0, 29.3, 29.1]},
-}
-COCO_TEACHERS = {
-    "frcnn_r101": ("faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth", 39.4),
-    "frcnn_r50": ("faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth", 37.4),
-}
-COCO_NAMES = ["mAP", "AP50", "AP75", "APs", "APm", "APl"]
-
-
-def coco_record(pair, method: str, seed: int, last: float, epochs: int = 3):
-    from benchmark.store.records import EpochPoint, RunRecord
-
-    teacher_file, teacher_ap = COCO_TEACHERS[pair[0]]
-    distilled = method != "ce"
-    record = RunRecord(
-        suite="coco",
-        pair=f"{pair[0]}-{pair[1]}",
-        teacher=pair[0],
-        student=pair[1],
-        method=method,
-        recipe="unified",
-        recipe_hash=hashlib.sha256(f"coco|{method}".encode()).hexdigest()[:12],
-        seed=seed,
-        epochs=epochs,
-        batch_size=16,
-        lr=0.02,
-        metric_names=list(COCO_NAMES),
-        teacher_checkpoint_sha256=hashlib.sha256(teacher_file.encode()).hexdigest() if distilled else None,
-        teacher_top1=teacher_ap if distilled else None,
-        wall_time_s=3600.0 + seed,
-        images_per_s=20.0 + seed,
-        env=dict(synthetic.ENV, mmdet="3.3.0", mmcv="2.1.0"),
-        extra={"teacher_source": "community", "teacher_file": teacher_file} if distilled else {},
-    )
-    for epoch in range(1, epochs + 1):
-        ap = round(
-            last - 0.6 * (epochs - epoch) + (0.8 if epoch == epochs - 1 else 0.0), 2
-        )  # best: the epoch before the last
-        record.curve.append(
-            EpochPoint(
-                epoch=epoch,
-                loss=round(1.5 - 0.1 * epoch, 4),
-                metrics={
-                    "mAP": ap,
-                    "AP50": round(ap + 19.5, 2),
-                    "AP75": round(ap + 1.8, 2),
-                    "APs": round(ap - 13.0, 2),
-                    "APm": round(ap + 2.5, 2),
-                    "APl": round(ap + 10.0, 2),
-                },
-            )
-        )
-    record.finalise_curve()
-    record.status = "completed"
-    return record
-
-
-@pytest.fixture(scope="module")
-def coco_agg(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coco")
-    for pair, methods in COCO_VALUES.items():
-        for method, values in methods.items():
-            for seed, last in enumerate(values):
-                synthetic.write(root / "work", coco_record(pair, method, seed, last))
-    summary = aggregate([root / "work"], root / "tables", root / "reports")
-    return summary, root
-
-
-@pytest.mark.parametrize("name", [f"coco_{stat}.{ext}" for stat in ("last", "best") for ext in ("md", "tex", "csv")])
-def test_coco_golden_tables(coco_agg, name):
-    """AP / AP50 / AP75 per pair and method; byte-identical to the golden files."""
-    _, root = coco_agg
-    produced = (root / "tables" / name).read_bytes()
-    golden = GOLDEN / name
-    if UPDATE:
-        golden.write_bytes(produced)
-    assert golden.is_file(), f"missing golden {golden}; run with UPDATE_GOLDEN=1"
-    assert produced == golden.read_bytes(), f"{name} differs from its golden file; UPDATE_GOLDEN=1 to accept"
-
-
-def test_coco_tables_marks_and_best_epoch(coco_agg):
-    summary, root = coco_agg
-    assert summary.loaded == sum(len(v) for m in COCO_VALUES.values() for v in m.values())
-    last = (root / "tables" / "coco_last.csv").read_text().splitlines()
-    assert last[0].split(",")[:3] == ["suite", "statistic", "metric"]
-    dkd = next(line for line in last if line.startswith("coco,last,mAP,unified,3,frcnn_r101,frcnn_r18,dkd,"))
-    assert dkd.split(",")[8] == "32.2333" and dkd.split(",")[13] == "True"  # mean; best of the pair
-    md = (root / "tables" / "coco_best.md").read_text()
-    assert "Best epoch: the highest mAP (AP50 and AP75 are those of the same epoch)" in md
-    # The best epoch is the one before the last (by mAP), and AP50 is taken from that epoch.
-    best = (root / "tables" / "coco_best.csv").read_text()
-    assert "coco,best,AP50,unified,3,frcnn_r101,frcnn_r18,dkd,51.9333" in best
-    assert "Δ vs published numbers: not offered" in md and "Detectron2" in md
-    assert "39.40 (1)‡" in md and "community " in md
-
-
-def test_detection_records_read_and_old_schema(tmp_path):
-    """A schema-1 record (top-1 only, before detection suites) still loads."""
-    record = make_record("fixture", *P1, "kd", 0, 70.0).to_dict()
-    record["schema_version"] = 1
-    path = tmp_path / "old" / "record.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps(record))
-    loaded = load_records([tmp_path])
-    assert len(loaded.records) == 1 and loaded.records["last_top1"].iloc[0] == 70.0
-
-
-def test_rows_of_non_reference_recipes_are_marked(tmp_path):
-    """A recipe whose notes say "not a reference recipe" (FitNet on ImageNet) gets ¶ and a footnote."""
-    from benchmark.report.synthetic import make_record, write
-
-    for seed in (0, 1):
-        write(
-            tmp_path / "w",
-            make_record(
-                "digits",
-                "small_cnn_w32",
-                "small_cnn_w8",
-                "fitnet",
-                seed,
-                90.0 + seed,
-                extra={"recipe": {"notes": ["hint at stride 8; not a reference recipe"]}},
-            ),
-        )
-        write(
-            tmp_path / "w",
-            make_record(
-                "digits", "small_cnn_w32", "small_cnn_w8", "kd", seed, 91.0 + seed, extra={"recipe": {"notes": []}}
-            ),
-        )
-    aggregate([tmp_path / "w"], tmp_path / "t", tmp_path / "r")
-    text = (tmp_path / "t" / "digits_last.md").read_text()
-    assert "| FitNet ¶" in text and "| KD ¶" not in text
-    assert "¶: not a reference recipe" in text

@@ -4,7 +4,7 @@ Detection ranks sample their own RoIs, so their counts may differ: CKD's ``globa
 the row counts first, pads, gathers with the gradient and trims (``methods.distributed``). The unit
 test checks that 2 processes with 5 and 3 rows give what one process gives over the 8 rows. The
 training test runs the real runner (``benchmark.train.execute`` → ``benchmark.train.launch``) on the tiny
-COCO of ``tests/test_coco.py`` (2 images per process, 1 iteration per epoch), interrupted after its
+COCO of ``tests/coco_tiny.py`` (2 images per process, 1 iteration per epoch), interrupted after its
 first epoch's checkpoint and resumed.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from benchmark.store.records import read_record
 from benchmark.train.launch import free_port
-from tests.test_coco import PAIR, needs_mmdet, tiny, tiny_spec  # noqa: F401  (tiny: the module's fixture)
+from tests.coco_tiny import PAIR, needs_mmdet, tiny, tiny_spec  # noqa: F401  (tiny: the module's fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")
 ROWS = (5, 3)  # rows (RoIs) of rank 0 and rank 1: unequal on purpose

@@ -1,6 +1,6 @@
 """Run options on the coco suite, end to end: --amp trains under bf16 autocast, --channels-last in NHWC.
 
-The tiny networks and data of ``tests/test_coco.py``; one iteration through the real runner.
+The tiny networks and data of ``tests/coco_tiny.py``; one iteration through the real runner.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from mmengine.hooks import Hook
 
 from benchmark.store.records import read_record
-from tests.test_coco import tiny, tiny_spec  # noqa: F401  (the module-scoped fixture)
+from tests.coco_tiny import tiny, tiny_spec  # noqa: F401  (the module-scoped fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")
 
