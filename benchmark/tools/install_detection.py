@@ -4,9 +4,10 @@
 
 mmcv 2.x has no wheels for this torch on the package index: it is built from source once
 (``MMCV_WITH_OPS=1``, the CPU ops, ``-O3``: without it the RoIAlign/NMS ops are 2.4x slower),
-against the torch already installed here, into a wheel cache (``$KD_WHEEL_CACHE``, default
-``~/.cache/kd-bench-wheels``, one folder per torch version and Python ABI); every later install
-reuses that wheel. Then the pins of ``requirements-detection.txt`` are installed from the index
+against the torch already installed here, from its unpacked sdist with ninja (parallel compile
+jobs) and its helper header precompiled (parsing torch's headers was most of each source's
+compile), into a wheel cache (``$KD_WHEEL_CACHE``, default ``~/.cache/kd-bench-wheels``, one
+folder per torch version and Python ABI); every later install reuses that wheel. Then the pins of ``requirements-detection.txt`` are installed from the index
 with the cache as an extra source. Idempotent: nothing happens when ``import mmcv.ops, mmdet``
 already works with the pinned versions. One line per step; exit 0 when the stack imports.
 """
